@@ -1,0 +1,93 @@
+"""The `qpasses` command: run (compile a model with a recipe), eval (perplexity of any exported
+model), recipes (list the built-in recipes). Errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from qpasses.errors import QPassError
+
+RUN_HELP = """\
+Quantize a model with a recipe and write a deployable ONNX folder with a report.
+
+Writes OUT/model.onnx (logits graph), OUT/decoder_model.onnx (KV-cache step graph), their shared
+weight file OUT/model.onnx.data, the tokenizer, OUT/report.md and OUT/report.json, and measures
+perplexity three times on the same windows: the float model, the stage-A torch model (after the
+float transforms, before export) and the deployed file in onnxruntime.
+
+examples:
+  qpasses run                                          # smollm2-135m with the default recipe
+  qpasses run --recipe mxfp4-w4a16-rtn --out out/mx
+  qpasses run --model tiny-llama --eval-windows 4 --calib-windows 8
+  qpasses run --set quantize_weights.block_size=32 --force
+"""
+
+
+def _run(args) -> int:
+    from qpasses.compile import Options, run
+
+    opts = Options(model=args.model, recipe=args.recipe, out=args.out, tokenizer=args.tokenizer,
+                   calib_windows=args.calib_windows, eval_windows=args.eval_windows, eval_text=args.text,
+                   no_eval=args.no_eval, seed=args.seed, threads=args.threads, sets=args.set or [],
+                   force=args.force, progress=not args.no_progress, dump_dir=args.dump)
+    run(opts)
+    return 0
+
+
+def _recipes(args) -> int:
+    from qpasses.recipe import builtin_recipes
+
+    items = builtin_recipes()
+    width = max(map(len, items))
+    for name, desc in items.items():
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from qpasses.cli import eval_cmd
+
+    p = argparse.ArgumentParser(prog="qpasses", description="Compile LLMs into small, fast 4-bit ONNX files.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="quantize a model with a recipe", description=RUN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--model", default="smollm2-135m",
+                   help="smollm2-135m, tiny-llama, tiny-llama-96, a Hugging Face folder, or an .onnx file (default %(default)s)")
+    r.add_argument("--recipe", default="int4-w4a16-rtn", help="built-in recipe name or .toml path (default %(default)s; see `qpasses recipes`)")
+    r.add_argument("--out", type=Path, help="output folder (default: <model>-<recipe>)")
+    r.add_argument("--tokenizer", help="Hugging Face folder with the tokenizer, for models that carry none")
+    r.add_argument("--calib-windows", type=int, default=128, help="calibration windows of 512 tokens (default %(default)s)")
+    r.add_argument("--eval-windows", type=int, default=80, help="evaluation windows of 512 tokens (default %(default)s)")
+    r.add_argument("--text", type=Path, help="evaluation text file (default: the GNU Coding Standards from Debian)")
+    r.add_argument("--no-eval", action="store_true", help="skip all perplexity measurements")
+    r.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and random rotations")
+    r.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: all cores)")
+    r.add_argument("--set", action="append", metavar="PASS.KEY=VALUE", help="override a recipe setting (repeatable)")
+    r.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    r.add_argument("--dump", type=Path, help="write the graph before and after every pass into this folder")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=_run)
+    e = sub.add_parser("eval", help="perplexity of an exported ONNX model", description=eval_cmd.DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    eval_cmd.add_arguments(e)
+    e.set_defaults(func=eval_cmd.run)
+    sub.add_parser("recipes", help="list the built-in recipes").set_defaults(func=_recipes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except QPassError as e:
+        print(f"qpasses: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qpasses: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

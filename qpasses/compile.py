@@ -1,0 +1,159 @@
+"""compile(): one call from a model and a recipe to a deployed folder and a report.
+
+    from qpasses import compile
+    report = compile("smollm2-135m", "int4-w4a16-rtn", "out/int4")
+
+Order of work: validate the recipe and the output folder (fail fast), load the model, measure
+the float model, run the passes (stage A in torch, export, stage B in ONNX), measure the stage-A
+model in torch, save the deployment atomically, measure the deployed file in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qpasses.errors import InputError
+from qpasses.passes.base import Context
+from qpasses.passes.manager import PassManager
+from qpasses.recipe import load_recipe
+
+
+@dataclass
+class Options:
+    model: str = "smollm2-135m"
+    recipe: str = "int4-w4a16-rtn"
+    out: Path | None = None
+    tokenizer: str | None = None
+    calib_windows: int = 128
+    eval_windows: int = 80
+    eval_text: Path | None = None
+    no_eval: bool = False
+    seed: int = 0
+    threads: int | None = None
+    sets: list[str] = field(default_factory=list)
+    force: bool = False
+    progress: bool = True
+    dump_dir: Path | None = None
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path(f"{Path(self.model).stem}-{Path(self.recipe).stem}")
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise InputError(f"output folder {out} exists and is not empty; pass --force to replace it, or choose --out")
+
+
+def compile(model: str = "smollm2-135m", recipe: str = "int4-w4a16-rtn", out: str | Path | None = None,
+            **options) -> dict:
+    """Compile `model` with `recipe` into `out`; returns the report (also written as report.json/.md)."""
+    return run(Options(model=model, recipe=recipe, out=Path(out) if out else None, **options))
+
+
+def run(opts: Options, log=print) -> dict:
+    import torch
+
+    from qpasses import report as rep
+    from qpasses.evaluate import measure
+
+    t_start = time.perf_counter()
+    recipe = load_recipe(opts.recipe).with_sets(opts.sets)
+    passes = recipe.instantiate()
+    out = opts.out_dir()
+    check_out_dir(out, opts.force)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+
+    from qpasses.load import load_model
+
+    loaded = load_model(opts.model, opts.tokenizer)
+    log(f"model {loaded.name} ({loaded.kind}); recipe {recipe.name}: {recipe.description}")
+    evaluator = measure.Evaluator(loaded.tokenizer, None if opts.no_eval else opts.eval_windows, opts.eval_text,
+                                  opts.threads, opts.progress)
+    ctx = Context(ignore=recipe.ignore, overrides=recipe.overrides, seed=opts.seed,
+                  calibration=measure.CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed))
+    ppl = {"fp": None, "stage_a": None, "quant": None}
+    t_quant = time.perf_counter()
+    if loaded.kind == "torch":
+        ppl["fp"] = evaluator.torch_fp(loaded)
+        graph = stage_a(loaded.model)
+    else:
+        ppl["fp"] = evaluator.ort(loaded.onnx_path, "fp (ONNX input)")
+        graph = stage_b_from_file(loaded.onnx_path)
+    t_eval = {"seconds": 0.0}
+
+    def on_stage_change(fx_graph):
+        t = time.perf_counter()
+        ppl["stage_a"] = evaluator.torch_program(fx_graph.programs.logits, "stage A")
+        t_eval["seconds"] += time.perf_counter() - t
+
+    manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log)
+    final, results = manager.run(graph, ctx)
+    metadata = provenance(recipe, results, loaded, ctx)
+    files = save(final, out, loaded, metadata, opts.force)
+    quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"]
+    ppl["quant"] = evaluator.ort(out / "model.onnx", "deployed (onnxruntime)")
+    report = rep.build(opts, recipe, loaded, results, ppl, files, evaluator, quantize_seconds,
+                       time.perf_counter() - t_start)
+    rep.write(report, out)
+    log(rep.render_markdown(report))
+    return report
+
+
+def stage_a(model):
+    from qpasses.export.capture import capture
+    from qpasses.ir.fx_stage import FxStage
+
+    return FxStage(capture(model))
+
+
+def to_stage_b(fx_graph):
+    from qpasses.export.onnx_export import to_onnx
+    from qpasses.ir.fx_ops import TRANSLATIONS
+    from qpasses.ir.onnx_stage import OnnxStage
+
+    models = to_onnx(fx_graph.programs, TRANSLATIONS)
+    graphs = {"logits": models.logits}
+    if models.decoder is not None:
+        graphs["decoder"] = models.decoder
+    return OnnxStage(graphs)
+
+
+def stage_b_from_file(path: Path):
+    import onnx_ir as ir
+
+    from qpasses.ir.onnx_stage import OnnxStage
+
+    return OnnxStage({"logits": ir.load(path)})
+
+
+def provenance(recipe, results, loaded, ctx) -> dict[str, str]:
+    from qpasses import __version__
+    from qpasses.passes.lower_linears import ort_metadata
+
+    return {
+        "qpasses.version": __version__,
+        "qpasses.recipe": recipe.name,
+        "qpasses.recipe_sha256": recipe.sha256,
+        "qpasses.rules": json.dumps({r.name: r.rewrites for r in results}),
+        "qpasses.model": loaded.name,
+        "qpasses.ort": ort_metadata(ctx),
+        "qpasses.python": platform.python_version(),
+    }
+
+
+def save(final, out: Path, loaded, metadata: dict[str, str], force: bool) -> list[Path]:
+    from qpasses.export.deploy import finalize, save_deployment
+    from qpasses.export.onnx_export import OnnxModels
+
+    for model in final.models.values():
+        finalize(model)
+    models = OnnxModels(logits=final.models["logits"], decoder=final.models.get("decoder"))
+    return save_deployment(models, out, loaded.tokenizer, metadata, force=force)

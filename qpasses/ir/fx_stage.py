@@ -1,0 +1,103 @@
+"""Stage A: the torch.export programs (logits and KV-cache decoder) seen as linear sites.
+
+A site is an `aten.linear` whose weight is a lifted parameter, found by pattern
+(`Programs.linear_nodes`); the same parameter in both programs is one site. Editing a site
+edits both programs, so the decoder graph always matches the logits graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from qpasses.formats.spec import ActFormat
+from qpasses.ir.sites import LinearSite
+
+
+def weight_fqn(programs, prog_name: str, node: torch.fx.Node) -> str:
+    """The Hugging Face parameter name behind a linear node's weight input."""
+    ep = getattr(programs, prog_name)
+    key = ep.graph_signature.inputs_to_parameters[node.args[1].name]
+    return programs.fqn(key)
+
+
+class FxSite(LinearSite):
+    def __init__(self, stage: "FxStage", name: str, weight_name: str, uses: list[tuple[str, torch.fx.Node]]):
+        self.stage, self.name, self.weight_name, self.uses = stage, name, weight_name, uses
+
+    def weight(self) -> np.ndarray:
+        return self.stage.programs.parameter(self.weight_name).detach().float().numpy().copy()
+
+    def set_weight(self, w: np.ndarray) -> None:
+        old = self.stage.programs.parameter(self.weight_name)
+        self.stage.programs.set_parameter(self.weight_name, torch.from_numpy(np.ascontiguousarray(w)).to(old.dtype))
+        self.stage.edits.append(f"set_weight {self.weight_name} {hashlib.sha256(w.tobytes()).hexdigest()[:12]}")
+
+    def bias(self) -> np.ndarray | None:
+        prog, node = self.uses[0]
+        if len(node.args) < 3 or node.args[2] is None:
+            return None
+        ep = getattr(self.stage.programs, prog)
+        key = ep.graph_signature.inputs_to_parameters[node.args[2].name]
+        return self.stage.programs.parameter(self.stage.programs.fqn(key)).detach().float().numpy()
+
+    def quantize_input(self, fmt: ActFormat) -> None:
+        from qpasses.ir.fx_ops import quant_act  # noqa: F401  (registers torch.ops.qpasses.quant_act)
+
+        for prog, node in self.uses:
+            graph = node.graph
+            x = node.args[0]
+            with graph.inserting_before(node):
+                q = graph.call_function(torch.ops.qpasses.quant_act.default, (x, fmt.kind, fmt.block_size))
+            q.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
+            if "val" in x.meta:
+                q.meta["val"] = x.meta["val"]
+            node.replace_input_with(x, q)
+            self.stage.touched.add(prog)
+        self.stage.edits.append(f"quantize_input {self.name} {fmt}")
+
+
+class FxStage:
+    """The torch graph stage over a `qpasses.export.capture.Programs`."""
+
+    stage = "fx"
+
+    def __init__(self, programs):
+        self.programs = programs
+        self.edits: list[str] = []  # every edit, in order: the graph fingerprint
+        self.touched: set[str] = set()
+
+    def sites(self) -> list[FxSite]:
+        by_weight: dict[str, FxSite] = {}
+        for name, uses in self.programs.linear_nodes().items():
+            for prog, node in uses:
+                wname = weight_fqn(self.programs, prog, node)
+                site = by_weight.get(wname)
+                if site is None:
+                    by_weight[wname] = FxSite(self, name, wname, [(prog, node)])
+                else:
+                    site.uses.append((prog, node))
+        return list(by_weight.values())
+
+    def verify(self) -> None:
+        for prog in sorted(self.touched):
+            ep = getattr(self.programs, prog)
+            ep.graph.lint()
+            ep.graph_module.recompile()
+        self.touched.clear()
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(self.edits).encode()).hexdigest()[:16]
+
+    def dump(self) -> str:
+        lines = []
+        for prog in ("logits", "decoder"):
+            ep = getattr(self.programs, prog, None)
+            if ep is not None:
+                lines.append(f"== {prog}")
+                lines.append(str(ep.graph))
+        lines.append("== sites")
+        lines += [s.describe() for s in self.sites()]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,64 @@
+"""The linear site: the one view of a linear layer that every pass is written against.
+
+A site computes y = x · Wᵀ (+ b) with W[N, K] in torch convention, whatever the graph stage
+stores (a torch parameter, an ONNX initializer in [K, N] or [N, K] behind a Transpose, a Gemm).
+`name` is the module path ("model.layers.0.self_attn.q_proj") used by ignore patterns and
+overrides; `weight_name` is the parameter name ("...q_proj.weight"), the key that survives
+export and joins stage A to stage B.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from abc import ABC, abstractmethod
+from typing import Iterable
+
+import numpy as np
+
+from qpasses.errors import InputError
+from qpasses.formats.spec import ActFormat
+
+
+class LinearSite(ABC):
+    name: str
+    weight_name: str
+
+    @abstractmethod
+    def weight(self) -> np.ndarray:
+        """W as float32 [N, K]."""
+
+    @abstractmethod
+    def set_weight(self, w: np.ndarray) -> None:
+        """Replace W (float32 [N, K]) wherever the graph uses it."""
+
+    @abstractmethod
+    def bias(self) -> np.ndarray | None:
+        """b as float32 [N], or None."""
+
+    @abstractmethod
+    def quantize_input(self, fmt: ActFormat) -> None:
+        """Insert activation fake-quantization x ← Q(x) in front of this linear."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight().shape)
+
+    def matches(self, patterns: Iterable[str]) -> bool:
+        """True when the site's name or weight name matches a glob (`*.v_proj`, `lm_head`)."""
+        return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (self.name, self.weight_name))
+
+    def describe(self) -> str:
+        n, k = self.shape
+        return f"{self.name} [{n}x{k}]"
+
+
+def check_finite(name: str, w: np.ndarray) -> None:
+    """Bad weights are an input error, never a silent NaN downstream."""
+    if not np.isfinite(w).all():
+        bad = int((~np.isfinite(w)).sum())
+        raise InputError(f"weight {name} holds {bad} NaN/Inf values; fix or re-export the model")
+
+
+def select(sites: Iterable[LinearSite], ignore: Iterable[str] = ()) -> list[LinearSite]:
+    ignore = tuple(ignore)
+    return [s for s in sites if not s.matches(ignore)]

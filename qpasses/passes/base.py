@@ -1,0 +1,103 @@
+"""What a pass is: a named, stateless step over one graph stage, with declared contracts.
+
+A pass declares which stages it runs on, validates its settings up front, states what it
+requires and ensures, and returns how many sites each of its rules rewrote. The manager
+(manager.py) runs requires -> run -> ensures, times it and refuses a zero count where the
+recipe expected rewrites.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from qpasses.errors import RecipeError
+
+
+@dataclass
+class PassResult:
+    name: str
+    rewrites: dict[str, int]
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.rewrites.values())
+
+
+@dataclass
+class Context:
+    """What passes share besides the graph: the per-weight quantization plan written in stage A
+    and read by lowering in stage B, the site filters of the recipe, calibration access and the seed.
+
+    quantized: weight parameter name -> formats.QuantizedWeight (the exact codes behind the float
+               weight now in the graph)
+    act_formats: weight parameter name -> formats.ActFormat of that linear's input
+    """
+
+    ignore: tuple[str, ...] = ()
+    overrides: tuple["Override", ...] = ()
+    seed: int = 0
+    quantized: dict[str, Any] = field(default_factory=dict)
+    act_formats: dict[str, Any] = field(default_factory=dict)
+    calibration: Any = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Override:
+    """Per-site settings for one pass: `[[override]] match = "*.v_proj"  pass = "quantize_weights" ...`."""
+
+    match: tuple[str, ...]
+    pass_name: str
+    settings: dict
+
+
+class Pass(abc.ABC):
+    """Subclasses set `name`, `stages`, a frozen `Settings` dataclass, and implement `run`."""
+
+    name: ClassVar[str]
+    stages: ClassVar[tuple[str, ...]]  # ("fx",), ("onnx",) or ("fx", "onnx")
+    changes_activations: ClassVar[bool] = False
+    expects_rewrites: ClassVar[bool] = True  # zero rewrites is an error
+    Settings: ClassVar[type]
+
+    def __init__(self, **settings: Any):
+        known = {f.name for f in dataclasses.fields(self.Settings)}
+        unknown = set(settings) - known
+        if unknown:
+            raise RecipeError(
+                f"pass {self.name!r} has no setting {', '.join(sorted(unknown))}; it takes: {', '.join(sorted(known))}"
+            )
+        try:
+            self.settings = self.Settings(**settings)
+        except (TypeError, ValueError) as e:
+            raise RecipeError(f"pass {self.name!r}: {e}") from None
+
+    def settings_for(self, site, ctx: Context):
+        """The pass settings with every matching [[override]] of this pass applied."""
+        extra = {}
+        for ov in ctx.overrides:
+            if ov.pass_name == self.name and site.matches(ov.match):
+                extra.update(ov.settings)
+        if not extra:
+            return self.settings
+        try:
+            return dataclasses.replace(self.settings, **extra)
+        except (TypeError, ValueError) as e:
+            raise RecipeError(f"override for {site.name} in pass {self.name!r}: {e}") from None
+
+    def requires(self, graph, ctx: Context) -> None:
+        """Raise PreconditionError when the graph cannot be processed."""
+
+    @abc.abstractmethod
+    def run(self, graph, ctx: Context) -> dict[str, int]:
+        """Rewrite the graph in place; return {rule name: sites rewritten}."""
+
+    def ensures(self, graph, ctx: Context) -> None:
+        """Raise PostconditionError when the promised property does not hold."""
+
+    def describe(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in dataclasses.asdict(self.settings).items())})"

@@ -1,0 +1,131 @@
+"""The run report: report.json (for scripts) and report.md (for people), from one dict."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from importlib import metadata
+from pathlib import Path
+
+MODEL_FILE_SUFFIXES = (".onnx", ".data")
+VERSIONED = ("torch", "transformers", "onnx", "onnxscript", "onnx-ir", "onnxruntime", "numpy")
+
+
+def versions() -> dict[str, str]:
+    from qpasses import __version__
+
+    out = {"qpasses": __version__}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def model_bytes(out: Path) -> int:
+    return sum(f.stat().st_size for f in out.iterdir() if f.name.endswith(MODEL_FILE_SUFFIXES))
+
+
+def stored_weight_bytes(out: Path) -> int:
+    """Bytes of every initializer of the deployed graphs, each shared name counted once."""
+    import onnx
+
+    seen: dict[str, int] = {}
+    for f in sorted(out.glob("*.onnx")):
+        model = onnx.load(str(f), load_external_data=False)
+        for t in model.graph.initializer:
+            if t.name in seen:
+                continue
+            ext = {e.key: e.value for e in t.external_data}
+            seen[t.name] = int(ext["length"]) if "length" in ext else len(t.raw_data) or _typed_bytes(t)
+    return sum(seen.values())
+
+
+def _typed_bytes(t) -> int:
+    import onnx
+
+    return onnx.numpy_helper.to_array(t).nbytes
+
+
+def weight_count(loaded) -> int:
+    if loaded.model is not None:
+        return sum(p.numel() for p in loaded.model.parameters())  # tied parameters are counted once
+    import onnx_ir as ir
+
+    model = ir.load(loaded.onnx_path)
+    return sum(v.const_value.size for v in model.graph.initializers.values()
+               if v.const_value is not None and v.const_value.dtype.is_floating_point())
+
+
+def build(opts, recipe, loaded, results, ppl, files, evaluator, quantize_seconds, total_seconds) -> dict:
+    out = opts.out_dir()
+    count = weight_count(loaded)
+    stored = stored_weight_bytes(out)
+    return {
+        "model": loaded.name,
+        "recipe": recipe.name,
+        "recipe_description": recipe.description,
+        "recipe_sha256": recipe.sha256,
+        "ppl_fp": ppl["fp"],
+        "ppl_stage_a": ppl["stage_a"],
+        "ppl_quant": ppl["quant"],
+        "eval_windows": None if evaluator.windows is None else int(evaluator.windows.shape[0]),
+        "eval_tokens": evaluator.tokens,
+        "onnx_bytes": model_bytes(out),
+        "fp32_onnx_bytes": 4 * count,
+        "weight_count": count,
+        "stored_weight_bytes": stored,
+        "bits_per_weight": 8 * stored / count,
+        "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
+        "quantize_seconds": round(quantize_seconds, 2),
+        "total_seconds": round(total_seconds, 2),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "threads": opts.threads or os.cpu_count(),
+        "files": sorted(f.name for f in out.iterdir()),
+        "versions": versions(),
+    }
+
+
+def _fmt(x, spec=".4f"):
+    return "n/a" if x is None else format(x, spec)
+
+
+def render_markdown(r: dict) -> str:
+    ratio = r["onnx_bytes"] / r["fp32_onnx_bytes"]
+    lines = [
+        f"# qpasses report: {r['model']} with {r['recipe']}",
+        "",
+        r["recipe_description"],
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| perplexity, float model | {_fmt(r['ppl_fp'])} |",
+        f"| perplexity, stage A (torch) | {_fmt(r['ppl_stage_a'])} |",
+        f"| perplexity, deployed (onnxruntime) | {_fmt(r['ppl_quant'])} |",
+        f"| scored tokens | {r['eval_tokens'] or 'n/a'} ({r['eval_windows'] or 0} windows) |",
+        f"| deployed model files | {r['onnx_bytes'] / 1e6:.1f} MB ({ratio:.3f}x of fp32 {r['fp32_onnx_bytes'] / 1e6:.1f} MB) |",
+        f"| bits per weight | {r['bits_per_weight']:.2f} |",
+        f"| quantize time | {r['quantize_seconds']:.1f} s (total run {r['total_seconds']:.1f} s) |",
+        f"| peak RSS | {r['peak_rss_bytes'] / 2**30:.2f} GiB |",
+        "",
+        "| pass | rewrites | seconds |",
+        "|---|---|---|",
+    ]
+    for p in r["passes"]:
+        rw = ", ".join(f"{k} {v}" for k, v in p["rewrites"].items()) or "-"
+        lines.append(f"| {p['name']} | {rw} | {p['seconds']:.2f} |")
+    lines += ["", "versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def write(r: dict, out: Path) -> None:
+    for name, text in (("report.json", json.dumps(r, indent=2) + "\n"), ("report.md", render_markdown(r))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)

@@ -1,0 +1,65 @@
+"""Tiny ONNX graphs built in code for rule and stage tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 21
+
+
+def linear_model(k: int, n: int, layouts=("nk", "kn"), seed: int = 0, scale: float = 0.1) -> tuple[ir.Model, dict]:
+    """x[b, s, K] -> one linear per layout, outputs summed. "nk": MatMul(x, Transpose(W)), "kn": MatMul(x, Wt),
+    "gemm": Gemm on a flattened x. Returns the model and {weight name: W[N, K]}."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, weights, outs = [], [], {}, []
+    for i, layout in enumerate(layouts):
+        w = (rng.standard_normal((n, k)) * scale).astype(np.float32)
+        name = f"layer{i}.{layout}.weight"
+        weights[name] = w
+        y = f"y{i}"
+        if layout == "nk":
+            inits.append(numpy_helper.from_array(w, name))
+            nodes += [helper.make_node("Transpose", [name], [f"t{i}"], perm=[1, 0]),
+                      helper.make_node("MatMul", ["x", f"t{i}"], [y])]
+        elif layout == "kn":
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), name))
+            nodes.append(helper.make_node("MatMul", ["x", name], [y]))
+        else:
+            inits += [numpy_helper.from_array(w, name), numpy_helper.from_array(np.array([-1, k], np.int64), f"s{i}")]
+            nodes += [helper.make_node("Reshape", ["x", f"s{i}"], [f"x2_{i}"]),
+                      helper.make_node("Gemm", [f"x2_{i}", name], [f"g{i}"], transB=1),
+                      helper.make_node("Reshape", [f"g{i}", "oshape"], [y])]
+        outs.append(y)
+    if "gemm" in layouts:
+        nodes.insert(0, helper.make_node("Shape", ["x"], ["xs"], start=0, end=2))
+        nodes.insert(1, helper.make_node("Concat", ["xs", "ncol"], ["oshape"], axis=0))
+        inits.append(numpy_helper.from_array(np.array([n], np.int64), "ncol"))
+    acc = outs[0]
+    for i, y in enumerate(outs[1:]):
+        nodes.append(helper.make_node("Add", [acc, y], [f"sum{i}"]))
+        acc = f"sum{i}"
+    nodes.append(helper.make_node("Identity", [acc], ["y"]))
+    graph = helper.make_graph(
+        nodes, "linears",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", n])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    proto = onnx.shape_inference.infer_shapes(proto)
+    return ir.from_proto(proto), weights
+
+
+def run_ort(model: ir.Model, feeds: dict, optimization: str = "basic") -> np.ndarray:
+    import onnxruntime as ort
+
+    from qpasses.ir.fx_ops import DOMAIN  # noqa: F401  (the qpasses schema must be registered to serialize)
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
