@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from qpasses.formats.spec import ActFormat
-from qpasses.ir.sites import LinearSite
+from qpasses.ir.sites import LinearSite, TensorSite
 
 
 def weight_fqn(programs, prog_name: str, node: torch.fx.Node) -> str:
@@ -31,9 +31,7 @@ class FxSite(LinearSite):
         return self.stage.programs.parameter(self.weight_name).detach().float().numpy().copy()
 
     def set_weight(self, w: np.ndarray) -> None:
-        old = self.stage.programs.parameter(self.weight_name)
-        self.stage.programs.set_parameter(self.weight_name, torch.from_numpy(np.ascontiguousarray(w)).to(old.dtype))
-        self.stage.edits.append(f"set_weight {self.weight_name} {hashlib.sha256(w.tobytes()).hexdigest()[:12]}")
+        self.stage.set_parameter(self.weight_name, w)
 
     def bias(self) -> np.ndarray | None:
         prog, node = self.uses[0]
@@ -59,6 +57,19 @@ class FxSite(LinearSite):
         self.stage.edits.append(f"quantize_input {self.name} {fmt}")
 
 
+class FxTable(TensorSite):
+    """An embedding table: aten.embedding(W[V, H], ids) with W a parameter."""
+
+    def __init__(self, stage: "FxStage", name: str, weight_name: str):
+        self.stage, self.name, self.weight_name = stage, name, weight_name
+
+    def weight(self) -> np.ndarray:
+        return self.stage.programs.parameter(self.weight_name).detach().float().numpy().copy()
+
+    def set_weight(self, w: np.ndarray) -> None:
+        self.stage.set_parameter(self.weight_name, w)
+
+
 class FxStage:
     """The torch graph stage over a `qpasses.export.capture.Programs`."""
 
@@ -80,6 +91,24 @@ class FxStage:
                 else:
                     site.uses.append((prog, node))
         return list(by_weight.values())
+
+    def set_parameter(self, weight_name: str, w: np.ndarray) -> None:
+        old = self.programs.parameter(weight_name)
+        self.programs.set_parameter(weight_name, torch.from_numpy(np.ascontiguousarray(w)).to(old.dtype))
+        self.edits.append(f"set_weight {weight_name} {hashlib.sha256(w.tobytes()).hexdigest()[:12]}")
+
+    def embedding_sites(self) -> list[FxTable]:
+        tables: dict[str, FxTable] = {}
+        for prog in ("logits", "decoder"):
+            ep = getattr(self.programs, prog, None)
+            if ep is None:
+                continue
+            params = ep.graph_signature.inputs_to_parameters
+            for node in ep.graph.nodes:
+                if node.target is torch.ops.aten.embedding.default and node.args[0].name in params:
+                    wname = self.programs.fqn(params[node.args[0].name])
+                    tables.setdefault(wname, FxTable(self, wname.removesuffix(".weight"), wname))
+        return list(tables.values())
 
     def verify(self) -> None:
         for prog in sorted(self.touched):

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from qpasses.errors import PostconditionError
 from qpasses.formats.spec import ActFormat
 from qpasses.ir.fx_ops import DOMAIN, DOMAIN_VERSION, QUANT_ACT
-from qpasses.ir.sites import LinearSite
+from qpasses.ir.sites import LinearSite, TensorSite
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
@@ -104,6 +104,20 @@ class OnnxSite(LinearSite):
             u.graph.opset_imports[DOMAIN] = DOMAIN_VERSION
 
 
+class OnnxTable(TensorSite):
+    """An embedding table: Gather(W[V, H], ids) along axis 0."""
+
+    def __init__(self, weight_name: str, values: list[ir.Value], name: str):
+        self.weight_name, self.values, self.name = weight_name, values, name
+
+    def weight(self) -> np.ndarray:
+        return self.values[0].const_value.numpy().astype(np.float32, copy=False)
+
+    def set_weight(self, w: np.ndarray) -> None:
+        for v in self.values:
+            v.const_value = ir.Tensor(np.ascontiguousarray(w, dtype=np.float32), name=v.name)
+
+
 class OnnxStage:
     """The ONNX graph stage. `models` maps a graph name ("logits", "decoder") to its onnx_ir model."""
 
@@ -128,6 +142,17 @@ class OnnxStage:
             name = scope_name(uses[0].node, self.scope_prefix) or wname.removesuffix(".weight")
             sites.append(OnnxSite(wname, uses, name))
         return sites
+
+    def embedding_sites(self) -> list[OnnxTable]:
+        by_weight: dict[str, tuple[list[ir.Value], ir.Node]] = {}
+        for model in self.models.values():
+            for node in model.graph:
+                if node.op_type == "Gather" and node.domain == "" and node.attributes.get_int("axis", 0) == 0:
+                    w = const_2d(node.inputs[0])
+                    if w is not None:
+                        by_weight.setdefault(w.name, ([], node))[0].append(w)
+        return [OnnxTable(name, values, scope_name(node, self.scope_prefix) or name.removesuffix(".weight"))
+                for name, (values, node) in by_weight.items()]
 
     def verify(self) -> None:
         """Every node input is a graph input, an initializer or the output of an earlier node."""

@@ -19,25 +19,19 @@ from qpasses.errors import InputError
 from qpasses.formats.spec import ActFormat
 
 
-class LinearSite(ABC):
+class TensorSite(ABC):
+    """A named weight tensor that a pass may read and replace."""
+
     name: str
     weight_name: str
 
     @abstractmethod
     def weight(self) -> np.ndarray:
-        """W as float32 [N, K]."""
+        """W as float32 [N, K] (for an embedding table: [vocab, hidden])."""
 
     @abstractmethod
     def set_weight(self, w: np.ndarray) -> None:
-        """Replace W (float32 [N, K]) wherever the graph uses it."""
-
-    @abstractmethod
-    def bias(self) -> np.ndarray | None:
-        """b as float32 [N], or None."""
-
-    @abstractmethod
-    def quantize_input(self, fmt: ActFormat) -> None:
-        """Insert activation fake-quantization x ← Q(x) in front of this linear."""
+        """Replace W (float32, same shape) wherever the graph uses it."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -52,6 +46,18 @@ class LinearSite(ABC):
         return f"{self.name} [{n}x{k}]"
 
 
+class LinearSite(TensorSite):
+    """y = x · Wᵀ (+ b)."""
+
+    @abstractmethod
+    def bias(self) -> np.ndarray | None:
+        """b as float32 [N], or None."""
+
+    @abstractmethod
+    def quantize_input(self, fmt: ActFormat) -> None:
+        """Insert activation fake-quantization x ← Q(x) in front of this linear."""
+
+
 def check_finite(name: str, w: np.ndarray) -> None:
     """Bad weights are an input error, never a silent NaN downstream."""
     if not np.isfinite(w).all():
@@ -59,6 +65,6 @@ def check_finite(name: str, w: np.ndarray) -> None:
         raise InputError(f"weight {name} holds {bad} NaN/Inf values; fix or re-export the model")
 
 
-def select(sites: Iterable[LinearSite], ignore: Iterable[str] = ()) -> list[LinearSite]:
+def select(sites: Iterable[TensorSite], ignore: Iterable[str] = ()) -> list[TensorSite]:
     ignore = tuple(ignore)
     return [s for s in sites if not s.matches(ignore)]

@@ -1,8 +1,9 @@
-"""lower_linears: replace every planned linear by its quantized form (stage B).
+"""lower_linears: replace every planned linear (and embedding lookup) by its quantized form (stage B).
 
 target "matmulnbits": INT4/INT8 → com.microsoft.MatMulNBits (int8-per-32 activation quantization
 fuses into accuracy_level 4); target "qdq": INT → DequantizeLinear (opset 21, blocked) + MatMul.
-MXFP4 → standard-op decode + MatMul under both targets. Any QuantizeActivation left over is
+MXFP4 → standard-op decode + MatMul under both targets. A Gather of a planned INT table →
+GatherBlockQuantized (sharing bytes with a tied lm_head). Any QuantizeActivation left over is
 expanded into standard ops. Legality postcondition: no planned site and no QuantizeActivation
 survives, and every packed weight decodes to exactly the codes of its plan.
 """
@@ -19,6 +20,7 @@ from qpasses.errors import LoweringError, PostconditionError
 from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.passes.base import Pass
 from qpasses.rules.expand_quant_act import expand_rules
+from qpasses.rules.lower_gather import gather_rules
 from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
 
@@ -51,7 +53,7 @@ class LowerLinears(Pass):
             ints = matmulnbits_rules(plan=plan, accuracy_level=self.settings.accuracy_level)
         else:
             ints = qdq_rules(plan=plan)
-        return ints + mxfp4_std_rules(plan=plan) + expand_rules()
+        return ints + mxfp4_std_rules(plan=plan) + gather_rules(plan) + expand_rules()
 
     def run(self, graph, ctx):
         per_graph = {}
@@ -71,7 +73,10 @@ class LowerLinears(Pass):
         return first
 
     def ensures(self, graph, ctx):
-        left = [s.name for s in graph.sites() if s.weight_name in ctx.quantized]
+        planned = ctx.quantized
+        left = [s.name for s in graph.sites() if s.weight_name in planned]
+        left += [t.name for t in graph.embedding_sites()  # tables GatherBlockQuantized can read must be lowered
+                 if t.weight_name in planned and planned[t.weight_name].fmt.kind in ("int4", "int8")]
         if left:
             raise PostconditionError(f"{len(left)} planned linear(s) were not lowered, e.g. {left[:3]}; "
                                      f"run with --explain-rules to see why")

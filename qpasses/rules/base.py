@@ -73,8 +73,17 @@ class LinearRule(RewriteRuleClassBase):
         return p.attributes.get_string("kind", ""), p.attributes.get_int("block_size", -1)
 
 
-def init(op, name: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
-    """A new initializer with a deterministic name (the two graphs of a model share it by name)."""
+def init(op, name: str, array: np.ndarray, dtype: ir.DataType | None = None, near: ir.Value | None = None) -> ir.Value:
+    """An initializer with a deterministic name (the two graphs of a model share it by name).
+
+    If `near`'s graph already holds an initializer of that name (a tied embedding and lm_head
+    lowered from the same codes), that one is reused after checking its bytes are the same.
+    """
+    existing = near.graph.initializers.get(name) if near is not None and near.graph is not None else None
+    if existing is not None:
+        if existing.const_value is None or existing.const_value.tobytes() != np.ascontiguousarray(array).tobytes():
+            raise ValueError(f"initializer {name} exists with other contents")
+        return existing
     return op.initializer(ir.Tensor(array, dtype=dtype, name=name), name=name)
 
 

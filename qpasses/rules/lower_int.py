@@ -41,7 +41,7 @@ class ToMatMulNBits(LinearRule):
         q = self.quantized(w)
         n, k = q.shape
         packed = pack_matmulnbits(q)
-        inputs = [x, init(op, f"{w.name}.qweight", packed["B"]), init(op, f"{w.name}.qscales", packed["scales"])]
+        inputs = [x, init(op, f"{w.name}.qweight", packed["B"], near=w), init(op, f"{w.name}.qscales", packed["scales"])]
         if packed["zero_points"] is not None:
             inputs.append(init(op, f"{w.name}.qzeros", packed["zero_points"]))
         return op.MatMulNBits(*inputs, _domain=MS_DOMAIN, K=k, N=n, bits=q.fmt.bits, block_size=q.codes.shape[2],

@@ -1,0 +1,58 @@
+"""quantize_embeddings: round-to-nearest quantization of embedding tables, snapped onto the grid.
+
+Identity relied on: as for quantize_weights, Ŵ = dequant(quant(W)) is on the grid, so the
+lowering (GatherBlockQuantized) reproduces the snapped table exactly. A table tied to the
+lm_head is one tensor: if the lm_head was already quantized, its codes are kept (not
+re-quantized) and the lowering shares their bytes between the gather and the matmul.
+Stages: fx and onnx.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from qpasses.errors import RecipeError
+from qpasses.formats import dequantize_weight, quantize_weight
+from qpasses.formats.spec import WeightFormat
+from qpasses.ir.sites import check_finite, select
+from qpasses.passes.base import Pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    format: str = "int4"  # int4 | int8: what GatherBlockQuantized reads
+    block_size: int = 32
+
+    def __post_init__(self):
+        fmt = self.weight_format()
+        if fmt.kind not in ("int4", "int8") or not fmt.block_size:
+            raise ValueError("embeddings take int4 or int8 with a block size of 16, 32, 64, 128 or 256")
+
+    def weight_format(self) -> WeightFormat:
+        return WeightFormat(self.format, self.block_size, True)
+
+
+class QuantizeEmbeddings(Pass):
+    name = "quantize_embeddings"
+    stages = ("fx", "onnx")
+    Settings = Settings
+
+    def run(self, graph, ctx):
+        counts: Counter[str] = Counter()
+        for table in select(graph.embedding_sites(), ctx.ignore):
+            fmt = self.settings_for(table, ctx).weight_format()
+            planned = ctx.quantized.get(table.weight_name)
+            if planned is not None:
+                if planned.fmt != fmt:
+                    raise RecipeError(f"{table.name} is tied to a linear already quantized as {planned.fmt}; "
+                                      f"quantize_embeddings asks for {fmt}: make them agree")
+                counts["embedding.tied"] += 1
+                continue
+            w = table.weight()
+            check_finite(table.weight_name, w)
+            q = quantize_weight(w, fmt)
+            table.set_weight(dequantize_weight(q))
+            ctx.quantized[table.weight_name] = q
+            counts[f"embedding.{fmt.kind}_g{fmt.block_size}"] += 1
+        return dict(counts)
