@@ -1,0 +1,92 @@
+"""Layer-sequential calibration: group i is measured on a model whose groups < i are processed.
+
+The graph is cut, in topological order, into one segment per group: segment i runs from just
+after the last node of group i-1 (the start of the graph for i = 0) up to and including the
+last node of group i, so nodes between two groups (norms, residual adds) belong to the next
+group's segment. Per group, every batch runs segment i from the values live at the boundary
+before it (collecting group i's statistics), then `process(i, stats)` edits parameters, then
+every batch re-runs segment i with the edited parameters to produce the boundary values for
+group i+1. Total work: at most two executions of every node up to the last group, whatever the
+number of groups (the last segment runs once; nodes after the last group never run).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch.export import ExportedProgram
+from tqdm import tqdm
+
+from qpasses.calibration.collect_fx import Env, GraphRunner, batches, check_sites, check_windows, stats_hook
+from qpasses.calibration.stats import SiteStats, StatsSpec
+
+
+def segments(runner: GraphRunner, groups: Sequence[Mapping[str, torch.fx.Node]]) -> list[tuple[int, int]]:
+    """(start, end) node positions of each group's segment; groups must follow each other in
+    topological order (every node of group i after every node of group i-1)."""
+    out, prev_end = [], -1
+    for i, group in enumerate(groups):
+        if not group:
+            raise ValueError(f"group {i} holds no site")
+        first = min(runner.pos[n] for n in group.values())
+        last = max(runner.pos[n] for n in group.values())
+        if first <= prev_end:
+            raise ValueError(f"group {i} starts at node {runner.order[first].name}, before the end of group {i - 1} "
+                             f"({runner.order[prev_end].name}); groups must not interleave in topological order")
+        out.append((prev_end + 1, last))
+        prev_end = last
+    return out
+
+
+def live_after(runner: GraphRunner, end: int) -> list[torch.fx.Node]:
+    """Non-placeholder values produced at or before `end` and used after it: the boundary."""
+    return [n for n in runner.order[: end + 1] if n.op != "placeholder" and runner.last_use[n] > end]
+
+
+def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, torch.fx.Node]], windows: torch.Tensor,
+                     spec: StatsSpec, process: Callable[[int, dict[str, SiteStats]], None],
+                     batch_size: int = 4, progress: bool = True) -> None:
+    """Call `process(i, stats_i)` for each group in order, where stats_i are the statistics of
+    group i's sites (site name -> SiteStats over windows[n, L], all-ones mask) measured after
+    process(0..i-1) ran.
+
+    `process` may replace parameters (`program.state_dict[name] = ...`) but not the graph.
+    Parameters are re-read for every segment run, so an edit takes effect in every later
+    segment; an edit to a parameter only used by segments < i (already run) has no effect on
+    the boundary values, which are not recomputed.
+
+    Time: per window, 2 executions of each node before the last segment and 1 of each node of
+    the last segment (about two forwards, independent of the number of groups), plus process.
+    Peak memory: all n windows' boundary values (for a Llama decoder layer: the residual stream
+    and the down_proj output, 2 x [L, H], the rotary tables [L, head_dim] and the attention
+    mask [L, L] per window, about 8·L·H + L² bytes in fp32), plus one batch's activations inside
+    one segment, plus one group's statistics.
+    """
+    runner = GraphRunner(program)
+    by_node = [check_sites(program, g) for g in groups]
+    windows = check_windows(windows, spec)
+    spans = segments(runner, groups)
+    chunks = batches(windows, batch_size)
+    if not spans:
+        return
+    boundary: list[Env] = [{} for _ in chunks]
+    bar = tqdm(total=(2 * len(spans) - 1) * len(chunks), desc="layer-sequential", disable=not progress)
+    for i, (start, end) in enumerate(spans):
+        stats = {name: SiteStats(spec) for name in groups[i]}
+        hook = stats_hook(stats, by_node[i])
+        with torch.no_grad():
+            for ids, live in zip(chunks, boundary):
+                runner.run_range(start, end, {**runner.inputs(ids), **live}, hook)
+                bar.update()
+        process(i, stats)  # outside no_grad: it may train (learned scales)
+        if i + 1 == len(spans):
+            break
+        keep = live_after(runner, end)
+        with torch.no_grad():
+            for b, ids in enumerate(chunks):
+                env = {**runner.inputs(ids), **boundary[b]}
+                runner.run_range(start, end, env)
+                boundary[b] = {n: env[n] for n in keep}
+                bar.update()
+    bar.close()
