@@ -1,0 +1,127 @@
+"""An .onnx file as compiler input (kind "onnx").
+
+Checked before anything else reads it: the protobuf parses and passes the ONNX checker, every
+external-data location is a relative path that stays inside the model's folder, names a file that
+exists and covers the tensor's bytes, and no floating-point weight holds a NaN or an Inf. The
+tokenizer comes from the `tokenizer` folder or from the folder of the .onnx file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from qpasses.cache import sha256_file
+from qpasses.errors import InputError
+from qpasses.load.common import TOKENIZER_FILES, LoadedModel, combined_sha256, first_line, load_tokenizer, versions
+
+FLOAT_TYPES = ("FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16")
+
+
+def load(path: Path, tokenizer: Path | None = None) -> LoadedModel:
+    """Validate the file and pair it with its tokenizer; the graph itself is loaded by the compiler."""
+    import onnx
+
+    proto = _parse(path)
+    data_files = check_external_data(proto, path)
+    try:
+        onnx.checker.check_model(str(path))  # by path: external data resolves against its folder
+    except onnx.checker.ValidationError as e:
+        raise InputError(f"{path} is not a valid ONNX model ({first_line(e)}); export it again") from e
+    _check_finite(proto, path)
+    if tokenizer is None and not any((path.parent / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(f"no tokenizer next to {path}; pass --tokenizer DIR")
+    tok = load_tokenizer(tokenizer if tokenizer is not None else path.parent)
+    files = {path.name: sha256_file(path)} | {loc: sha256_file(path.parent / loc) for loc in sorted(data_files)}
+    source = {"type": "onnx", "path": str(path.resolve()), "files": files,
+              "sha256": files[path.name] if len(files) == 1 else combined_sha256(files),
+              "tokenizer": str((tokenizer if tokenizer is not None else path.parent).resolve()),
+              "versions": versions("onnx", "onnxruntime")}
+    name = path.parent.resolve().name if path.stem == "model" else path.stem
+    return LoadedModel(name=name, kind="onnx", model=None, onnx_path=path, tokenizer=tok, source=source)
+
+
+def _parse(path: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as e:
+        raise InputError(f"{path} is not a readable ONNX file ({first_line(e)}): it is corrupt or truncated; "
+                         f"export or copy it again") from e
+
+
+def all_tensors(proto) -> Iterator:
+    """Every TensorProto of a model: initializers, sparse initializers and tensor attributes, in
+    the main graph, its subgraphs and the model's functions."""
+
+    def in_nodes(nodes):
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from in_graph(attr.g)
+                for g in attr.graphs:
+                    yield from in_graph(g)
+
+    def in_graph(graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from in_nodes(graph.node)
+
+    yield from in_graph(proto.graph)
+    for function in proto.functions:
+        yield from in_nodes(function.node)
+
+
+def check_external_data(proto, path: Path) -> set[str]:
+    """Check every external-data reference of the model at `path`; return the locations used."""
+    from onnx import TensorProto
+
+    folder = path.parent
+    used = set()
+    for t in all_tensors(proto):
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        if not location:
+            raise InputError(f"{path}: tensor {t.name} is marked external but names no data file; export it again")
+        normal = os.path.normpath(location)
+        if os.path.isabs(location) or normal == ".." or normal.startswith(".." + os.sep):
+            raise InputError(f"{path}: tensor {t.name} keeps its data at {location!r}, outside the model's folder; "
+                             f"save the model with its data files beside it (relative locations)")
+        data = folder / normal
+        if not data.is_file():
+            raise InputError(f"{path}: external data file {location} (tensor {t.name}) is missing; "
+                             f"copy it into {folder}")
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        size = data.stat().st_size
+        if end > size:
+            raise InputError(f"{path}: external data file {location} is truncated (tensor {t.name} needs "
+                             f"{end} bytes, the file has {size}); copy it again")
+        used.add(normal)
+    return used
+
+
+def _check_finite(proto, path: Path) -> None:
+    """NaN/Inf check on every floating-point tensor, reading external data as it goes."""
+    from onnx import TensorProto, numpy_helper
+
+    float_types = {getattr(TensorProto, n) for n in FLOAT_TYPES}
+    for t in all_tensors(proto):
+        if t.data_type not in float_types:
+            continue
+        values = numpy_helper.to_array(t, base_dir=str(path.parent)).astype(np.float32, copy=False)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise InputError(f"{path}: weight {t.name} holds {bad} NaN/Inf value(s) of {values.size}; "
+                             f"the model is damaged or diverged, use another one")
