@@ -80,13 +80,12 @@ def run(opts: Options, log=print) -> dict:
     ctx = Context(ignore=recipe.ignore, overrides=recipe.overrides, seed=opts.seed,
                   calibration=measure.CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed))
     ppl = {"fp": None, "stage_a": None, "quant": None}
-    t_quant = time.perf_counter()
     if loaded.kind == "torch":
         ppl["fp"] = evaluator.torch_fp(loaded)
-        graph = stage_a(loaded.model)
     else:
         ppl["fp"] = evaluator.ort(loaded.onnx_path, "fp (ONNX input)")
-        graph = stage_b_from_file(loaded.onnx_path)
+    t_quant = time.perf_counter()
+    graph = stage_a(loaded.model) if loaded.kind == "torch" else stage_b_from_file(loaded.onnx_path)
     t_eval = {"seconds": 0.0}
 
     def on_stage_change(fx_graph):

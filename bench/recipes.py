@@ -1,0 +1,81 @@
+"""Run built-in recipes on a model, one process each, and tabulate their reports.
+
+    .venv/bin/python bench/recipes.py                      # every RTN recipe on smollm2-135m, 80 windows
+    .venv/bin/python bench/recipes.py --recipes fp int4-w4a16-rtn --eval-windows 8
+
+Writes bench/results/<model>/<recipe>/ (the deployed folders with their reports) and
+bench/results/<model>/recipes.md (the table). Each run is a separate `qpasses run` process so
+wall time and peak RSS are per recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT = ["fp", "int4-w4a16-rtn", "mxfp4-w4a16-rtn", "int4-w4a8-rtn", "mxfp4-w4a8-rtn", "mxfp4-w4a4-rtn",
+           "int4-w4a4-rtn"]
+
+
+def run(model: str, recipe: str, out: Path, args) -> dict:
+    cmd = [sys.executable, "-m", "qpasses.cli.main", "run", "--model", model, "--recipe", recipe, "--out", str(out),
+           "--eval-windows", str(args.eval_windows), "--force", "--no-progress"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, text=True, capture_output=True)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
+        return {"recipe": recipe, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    report = json.loads((out / "report.json").read_text())
+    report["wall_seconds"] = wall
+    return report
+
+
+def fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| recipe | ppl torch (stage A) | ppl ORT (deployed) | ORT vs torch | file MB | x fp32 file | bits/weight | "
+             "wall s | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | error: {r['error']} |")
+            continue
+        a, q = r["ppl_stage_a"], r["ppl_quant"]
+        rel = None if a is None or q is None else 100 * (q - a) / a
+        lines.append(f"| {r['recipe']} | {fmt(a)} | {fmt(q)} | {fmt(rel, '+.2f')}% | {r['onnx_bytes'] / 1e6:.1f} | "
+                     f"{r['onnx_bytes'] / r['fp32_onnx_bytes']:.3f} | {r['bits_per_weight']:.2f} | "
+                     f"{r['wall_seconds']:.0f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--recipes", nargs="+", default=DEFAULT)
+    p.add_argument("--eval-windows", type=int, default=80)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    base = args.results / Path(args.model).stem
+    rows = []
+    for recipe in args.recipes:
+        print(f"== {recipe}", flush=True)
+        rows.append(run(args.model, recipe, base / recipe, args))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    text = (f"# {args.model}: built-in recipes, {args.eval_windows} x 512 eval windows\n\n"
+            f"command: `{' '.join(sys.argv)}`\n\n{table(rows)}\n")
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "recipes.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

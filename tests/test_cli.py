@@ -1,0 +1,114 @@
+"""The CLI end to end on tiny-llama: every built-in recipe, the ONNX-input path, eval, bad input."""
+
+import json
+
+import pytest
+
+from qpasses.cli.main import main
+from qpasses.recipe import builtin_recipes
+
+TEXT = "The GNU coding standards were written by Richard Stallman and other GNU Project volunteers. " * 60
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "eval.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def run(*args):
+    return main(["run", "--model", "tiny-llama", "--no-progress", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def int4_run(tmp_path_factory, text):
+    out = tmp_path_factory.mktemp("runs") / "int4"
+    assert run("--eval-windows", 2, "--text", text, "--out", out) == 0
+    return out
+
+
+def report(out):
+    return json.loads((out / "report.json").read_text())
+
+
+def test_run_writes_the_deployment_and_a_complete_report(int4_run):
+    names = {p.name for p in int4_run.iterdir()}
+    assert {"model.onnx", "decoder_model.onnx", "model.onnx.data", "report.json", "report.md", "tokenizer.json"} <= names
+    r = report(int4_run)
+    for key in ("ppl_fp", "ppl_stage_a", "ppl_quant", "eval_tokens", "onnx_bytes", "fp32_onnx_bytes", "passes",
+                "quantize_seconds", "bits_per_weight", "peak_rss_bytes", "versions"):
+        assert key in r, key
+    assert r["eval_tokens"] == 2 * 511
+    assert r["ppl_quant"] == pytest.approx(r["ppl_stage_a"], rel=1e-4)
+    assert r["ppl_stage_a"] != pytest.approx(r["ppl_fp"], rel=1e-6)  # quantization did something
+    assert [p["name"] for p in r["passes"]] == ["quantize_weights", "export_onnx", "lower_linears"]
+    assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g128": 14}  # 2 layers x 7 linears; lm_head ignored
+
+
+def test_eval_json_matches_the_report(int4_run, text, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(int4_run / "model.onnx"), "--windows", "2", "--text", str(text), "--json",
+                 "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["tokens"] == 2 * 511
+    assert out["ppl"] == pytest.approx(report(int4_run)["ppl_quant"], rel=1e-6)
+
+
+def test_recipes_lists_every_builtin(capsys):
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in builtin_recipes())
+
+
+@pytest.mark.parametrize("recipe", sorted(set(builtin_recipes()) - {"int4-w4a16-rtn"}))
+def test_every_builtin_recipe_deploys_what_stage_a_computed(recipe, text, tmp_path):
+    assert run("--recipe", recipe, "--eval-windows", 1, "--text", text, "--out", tmp_path / recipe) == 0
+    r = report(tmp_path / recipe)
+    assert r["ppl_quant"] == pytest.approx(r["ppl_stage_a"], rel=2e-3), recipe
+    if recipe == "fp":
+        assert r["ppl_stage_a"] == pytest.approx(r["ppl_fp"], rel=1e-6)
+
+
+def test_onnx_input_runs_weight_only_rtn(tmp_path, text):
+    assert run("--recipe", "fp", "--no-eval", "--out", tmp_path / "fp") == 0
+    out = tmp_path / "from-onnx"
+    assert main(["run", "--model", str(tmp_path / "fp" / "model.onnx"), "--recipe", "int4-w4a16-rtn", "--out", str(out),
+                 "--eval-windows", "1", "--text", str(text), "--no-progress"]) == 0
+    r = report(out)
+    assert r["ppl_stage_a"] is None and r["ppl_fp"] is not None and r["ppl_quant"] is not None
+    assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g128": 14}
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("qpasses: error: "), err
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_existing_output_is_refused_without_force(int4_run, capsys):
+    assert run("--no-eval", "--out", int4_run) == 2
+    assert "--force" in error_line(capsys)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/no/such/model"], "no/such/model"),
+    (["--model", "gpt-17"], "gpt-17"),
+    (["--recipe", "no-such-recipe"], "unknown recipe"),
+    (["--set", "quantize_weights.block_size=7"], "block_size 7"),
+    (["--set", "quantize_weights.ignore_me=1"], "has no setting ignore_me"),
+])
+def test_bad_input_is_one_clear_line_and_leaves_nothing(args, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--no-eval", "--no-progress", "--out", str(out), *args]) == 2
+    assert message in error_line(capsys)
+    assert not out.exists()
+
+
+def test_graph_with_no_matching_site_is_an_error(int4_run, tmp_path, capsys):
+    """An already-lowered model has no float linears left (lm_head is ignored): zero rewrites is an error."""
+    out = tmp_path / "again"
+    assert main(["run", "--model", str(int4_run / "model.onnx"), "--no-eval", "--out", str(out), "--no-progress"]) == 2
+    assert "rewrote nothing" in error_line(capsys)
+    assert not out.exists()
