@@ -1,0 +1,184 @@
+"""Write the deployable folder: model.onnx (logits), decoder_model.onnx (KV-cache step), one
+shared external-data file model.onnx.data, the tokenizer files and chat template.
+
+Every initializer of at least `EXTERNAL_MIN_BYTES` lives in model.onnx.data, written once
+under its name; both graphs point at the same offset, so a weight the two graphs share (all of
+them) and the tied embedding/lm_head table take disk space once. Same name must mean same
+bytes across the graphs; a mismatch is an error, never a silent pick. Offsets are aligned to
+`ALIGNMENT` bytes so runtimes can map the file.
+
+The folder is written next to its destination under a temporary name and renamed into place:
+nobody ever sees a half-written folder. An existing non-empty destination is refused unless
+force, which moves it aside, moves the new folder in, then deletes the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+import onnxscript.rewriter
+from onnxscript.optimizer import fold_constants_ir
+from onnxscript.rewriter.rules import common as rules
+
+from qpasses.errors import InputError, PostconditionError
+from qpasses.export.onnx_export import OnnxModels
+
+DATA_FILE = "model.onnx.data"
+GRAPH_FILES = {"logits": "model.onnx", "decoder": "decoder_model.onnx"}
+EXTERNAL_MIN_BYTES = 1024
+ALIGNMENT = 4096
+FOLD_MAX_ELEMENTS = EXTERNAL_MIN_BYTES // 8  # folded constants stay small enough to live inline
+# No-ops and whole-range slices only: onnxscript's full default set took 18-100 s on the
+# SmolLM2-135M logits graph (its basic rules dominate) for 6 fewer nodes (2799 vs 2805).
+CLEANUP_RULES = (
+    *rules.add_0_rule.commute(), *rules.mul_by_1_rule.commute(), rules.sub_0_rule, rules.div_by_1_rule,
+    rules.dropout_zero_rule, rules.dropout_inference_rule, rules.no_op_cast_rule, rules.no_op_expand_rule,
+    rules.no_op_transpose_rule, rules.collapse_slice_rule, rules.collapse_slice2_rule,
+)
+DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy",
+                  "namespace")
+
+
+def finalize(model: ir.Model) -> None:
+    """Light cleanup for one graph after lowering; in place. Exactly:
+
+    1. constant folding (onnxscript) of nodes whose inputs are all constants and whose result
+       has at most FOLD_MAX_ELEMENTS elements, except any node that reads an initializer:
+       weights are never transposed, cast or copied, so no weight is duplicated (the tied
+       table stays one) or renamed;
+    2. onnxscript rewrite rules `CLEANUP_RULES`: drop x+0, x*1, x-0, x/1, inference Dropout,
+       same-type Cast, same-shape Expand, identity Transpose; collapse no-op slices (standard
+       ops only, no weight touched), then folding again;
+    3. removal of unused nodes, initializers (e.g. float weights replaced by lowering) and
+       opset imports, and common-subexpression elimination (onnx_ir passes);
+    4. removal of the exporter's debug metadata on nodes (stack traces, fx node text, class
+       hierarchy, namespace); `pkg.torch.onnx.name_scopes` and every other key are kept.
+
+    Raises PostconditionError if a large initializer (>= EXTERNAL_MIN_BYTES) appeared."""
+    before = set(_large(model.graph))
+    _fold(model)
+    onnxscript.rewriter.rewrite(model, pattern_rewrite_rules=CLEANUP_RULES)
+    _fold(model)
+    common.RemoveUnusedNodesPass()(model)
+    common.CommonSubexpressionEliminationPass()(model)
+    common.RemoveUnusedNodesPass()(model)
+    common.RemoveUnusedOpsetsPass()(model)
+    for node in model.graph.all_nodes():
+        for key in DEBUG_METADATA:
+            node.metadata_props.pop(key, None)
+    created = sorted(set(_large(model.graph)) - before)
+    if created:
+        raise PostconditionError(f"finalize created large initializers {created[:5]}; weights must keep their names")
+
+
+def _fold(model: ir.Model) -> None:
+    fold_constants_ir(model, onnx_shape_inference=True, output_size_limit=FOLD_MAX_ELEMENTS,
+                      should_fold=_reads_no_initializer)
+
+
+def _reads_no_initializer(node: ir.Node) -> bool | None:
+    """Folding veto: False for a node reading an initializer, else the folder's own rules."""
+    return False if any(v is not None and v.is_initializer() for v in node.inputs) else None
+
+
+def _large(graph: ir.Graph) -> dict[str, ir.Value]:
+    return {name: v for name, v in graph.initializers.items()
+            if v.const_value is not None and v.const_value.nbytes >= EXTERNAL_MIN_BYTES}
+
+
+def save_deployment(models: OnnxModels, out_dir: Path, tokenizer, metadata: dict[str, str],
+                    force: bool = False) -> list[Path]:
+    """Write the folder (see the module docstring); return the paths of the files in it.
+
+    `metadata` is set as metadata_props on both models (in memory too)."""
+    out_dir = Path(out_dir)
+    _check_destination(out_dir, force)
+    graphs = {GRAPH_FILES[name]: m for name, m in (("logits", models.logits), ("decoder", models.decoder))
+              if m is not None}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        offsets = _write_data(graphs.values(), tmp / DATA_FILE)
+        for filename, model in graphs.items():
+            model.metadata_props.update(metadata)
+            _write_graph(model, tmp / filename, offsets)
+        tokenizer.save_pretrained(tmp)
+        _move_into_place(tmp, out_dir, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(p for p in out_dir.rglob("*") if p.is_file())
+
+
+def _occupied(path: Path) -> bool:
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def _check_destination(out_dir: Path, force: bool) -> None:
+    if _occupied(out_dir) and not force:
+        raise InputError(f"output folder {out_dir} already exists and is not empty; "
+                         "pass --force to replace it")
+
+
+def _write_data(models, path: Path) -> dict[str, tuple[int, int]]:
+    """Write every large initializer once; return name -> (offset, length)."""
+    tensors: dict[str, ir.TensorProtocol] = {}
+    for model in models:
+        for name, value in _large(model.graph).items():
+            seen = tensors.setdefault(name, value.const_value)
+            if seen is not value.const_value and not _same(seen, value.const_value):
+                raise PostconditionError(f"initializer {name} holds different values in the two graphs; "
+                                         "a shared name must mean the same tensor")
+    offsets = {}
+    with open(path, "wb") as f:
+        for name, tensor in tensors.items():
+            f.write(b"\0" * (-f.tell() % ALIGNMENT))
+            data = tensor.tobytes()
+            offsets[name] = (f.tell(), len(data))
+            f.write(data)
+    return offsets
+
+
+def _same(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _write_graph(model: ir.Model, path: Path, offsets: dict[str, tuple[int, int]]) -> None:
+    """Serialize with large initializers pointing into the data file; the model is unchanged."""
+    values = _large(model.graph)
+    saved = {name: v.const_value for name, v in values.items()}
+    try:
+        for name, v in values.items():
+            offset, length = offsets[name]
+            v.const_value = ir.ExternalTensor(DATA_FILE, offset, length, v.const_value.dtype,
+                                              shape=v.const_value.shape, name=name, base_dir=path.parent)
+        path.write_bytes(ir.to_proto(model).SerializeToString())
+    finally:
+        for name, v in values.items():
+            v.const_value = saved[name]
+
+
+def _move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
+    if not _occupied(out_dir):
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.rename(tmp, out_dir)
+        return
+    _check_destination(out_dir, force)
+    old = tmp.with_suffix(".old")
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()

@@ -1,0 +1,54 @@
+"""One tiny model captured, exported and deployed once per session: the dynamo exporter costs
+several seconds, so every export test shares these (read-only; a test that edits a parameter
+restores it)."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from qpasses.export.capture import capture
+from qpasses.export.deploy import finalize, save_deployment
+from qpasses.export.onnx_export import OnnxModels, to_onnx
+from qpasses.models.tiny import build_byte_tokenizer, build_tiny_llama
+
+METADATA = {"qpasses.recipe": "test", "qpasses.note": "tiny"}
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return build_tiny_llama("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def programs(tiny):
+    return capture(tiny)
+
+
+@pytest.fixture(scope="session")
+def onnx_models(programs):
+    return to_onnx(programs)
+
+
+@pytest.fixture(scope="session")
+def deployed(onnx_models, tmp_path_factory):
+    """The folder save_deployment wrote for finalized copies of the exported graphs."""
+    models = OnnxModels(*(ir.from_proto(ir.to_proto(m)) for m in (onnx_models.logits, onnx_models.decoder)))
+    finalize(models.logits)
+    finalize(models.decoder)
+    out = tmp_path_factory.mktemp("deploy") / "tiny"
+    save_deployment(models, out, build_byte_tokenizer(), METADATA)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ort_session():
+    """path -> onnxruntime CPU session on one thread (the machine is shared)."""
+
+    def make(path) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    return make
