@@ -87,9 +87,16 @@ def build(opts, recipe, loaded, results, ppl, files, evaluator, quantize_seconds
         "total_seconds": round(total_seconds, 2),
         "peak_rss_bytes": peak_rss_bytes(),
         "threads": opts.threads or os.cpu_count(),
+        "ort": ort_settings(out / "model.onnx").describe(),
         "files": sorted(f.name for f in out.iterdir()),
         "versions": versions(),
     }
+
+
+def ort_settings(path: Path):
+    from qpasses.evaluate.session import ort_settings as settings
+
+    return settings(path)
 
 
 def _fmt(x, spec=".4f"):
@@ -107,7 +114,7 @@ def render_markdown(r: dict) -> str:
         "|---|---|",
         f"| perplexity, float model | {_fmt(r['ppl_fp'])} |",
         f"| perplexity, stage A (torch) | {_fmt(r['ppl_stage_a'])} |",
-        f"| perplexity, deployed (onnxruntime) | {_fmt(r['ppl_quant'])} |",
+        f"| perplexity, deployed (onnxruntime) | {_fmt(r['ppl_quant'])} ({r['ort']}) |",
         f"| scored tokens | {r['eval_tokens'] or 'n/a'} ({r['eval_windows'] or 0} windows) |",
         f"| deployed model files | {r['onnx_bytes'] / 1e6:.1f} MB ({ratio:.3f}x of fp32 {r['fp32_onnx_bytes'] / 1e6:.1f} MB) |",
         f"| bits per weight | {r['bits_per_weight']:.2f} |",
@@ -124,8 +131,17 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Atomically: a temporary name, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 def write(r: dict, out: Path) -> None:
-    for name, text in (("report.json", json.dumps(r, indent=2) + "\n"), ("report.md", render_markdown(r))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write_json(out / "report.json", r)
+    write_text(out / "report.md", render_markdown(r))

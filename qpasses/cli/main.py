@@ -26,7 +26,7 @@ examples:
 
 
 def _run(args) -> int:
-    from qpasses.compile import Options, run
+    from qpasses.pipeline import Options, run
 
     opts = Options(model=args.model, recipe=args.recipe, out=args.out, tokenizer=args.tokenizer,
                    calib_windows=args.calib_windows, eval_windows=args.eval_windows, eval_text=args.text,
@@ -77,8 +77,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet() -> None:
+    """Keep the terminal for our own progress and results: the exporter and loaders are chatty."""
+    import logging
+    import os
+    import warnings
+
+    import torch  # noqa: F401  (torch configures its loggers on import; ours must come after)
+
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in ("run", "eval"):
+        quiet()
     try:
         return args.func(args)
     except QPassError as e:

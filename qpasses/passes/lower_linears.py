@@ -10,7 +10,6 @@ survives, and every packed weight decodes to exactly the codes of its plan.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 
@@ -83,7 +82,3 @@ class LowerLinears(Pass):
         for gname, model in graph.models.items():
             if any(n.domain == DOMAIN and n.op_type == QUANT_ACT for n in model.graph):
                 raise PostconditionError(f"a {QUANT_ACT} node survived lowering in the {gname} graph")
-
-
-def ort_metadata(ctx) -> str:
-    return json.dumps(ctx.notes.get("ort", {}))

@@ -1,7 +1,7 @@
-"""compile(): one call from a model and a recipe to a deployed folder and a report.
+"""The pipeline: one call from a model and a recipe to a deployed folder and a report.
 
-    from qpasses import compile
-    report = compile("smollm2-135m", "int4-w4a16-rtn", "out/int4")
+    import qpasses
+    report = qpasses.compile("smollm2-135m", "int4-w4a16-rtn", "out/int4")
 
 Order of work: validate the recipe and the output folder (fail fast), load the model, measure
 the float model, run the passes (stage A in torch, export, stage B in ONNX), measure the stage-A
@@ -98,6 +98,7 @@ def run(opts: Options, log=print) -> dict:
     metadata = provenance(recipe, results, loaded, ctx)
     files = save(final, out, loaded, metadata, opts.force)
     quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"]
+    rep.write_json(out / "manifest.json", manifest(recipe, results, loaded, metadata))
     ppl["quant"] = evaluator.ort(out / "model.onnx", "deployed (onnxruntime)")
     report = rep.build(opts, recipe, loaded, results, ppl, files, evaluator, quantize_seconds,
                        time.perf_counter() - t_start)
@@ -134,8 +135,9 @@ def stage_b_from_file(path: Path):
 
 
 def provenance(recipe, results, loaded, ctx) -> dict[str, str]:
+    """ONNX metadata of the deployed graphs: what made them, and how onnxruntime must run them."""
     from qpasses import __version__
-    from qpasses.passes.lower_linears import ort_metadata
+    from qpasses.report import versions
 
     return {
         "qpasses.version": __version__,
@@ -143,8 +145,20 @@ def provenance(recipe, results, loaded, ctx) -> dict[str, str]:
         "qpasses.recipe_sha256": recipe.sha256,
         "qpasses.rules": json.dumps({r.name: r.rewrites for r in results}),
         "qpasses.model": loaded.name,
-        "qpasses.ort": ort_metadata(ctx),
-        "qpasses.python": platform.python_version(),
+        "qpasses.model_sha256": str(loaded.source.get("sha256", "")),
+        "qpasses.ort": json.dumps(ctx.notes.get("ort", {})),
+        "qpasses.versions": json.dumps({**versions(), "python": platform.python_version()}),
+    }
+
+
+def manifest(recipe, results, loaded, metadata: dict[str, str]) -> dict:
+    """manifest.json: the recipe as run, per-rule counts, the model's provenance and tool versions."""
+    return {
+        "recipe": {"name": recipe.name, "sha256": recipe.sha256, "text": recipe.text},
+        "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
+        "model": {"name": loaded.name, "kind": loaded.kind, "source": {k: str(v) for k, v in loaded.source.items()}},
+        "ort": json.loads(metadata["qpasses.ort"]),
+        "versions": json.loads(metadata["qpasses.versions"]),
     }
 
 
