@@ -63,3 +63,17 @@ def run_ort(model: ir.Model, feeds: dict, optimization: str = "basic") -> np.nda
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)[0]
+
+
+def tied_embedding_model(vocab: int, hidden: int, seed: int = 0) -> tuple[ir.Model, np.ndarray]:
+    """ids -> Gather(W) -> MatMul(., Transpose(W)): an embedding tied to its lm_head."""
+    w = (np.random.default_rng(seed).standard_normal((vocab, hidden)) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["embed.weight", "ids"], ["e"], axis=0),
+             helper.make_node("Transpose", ["embed.weight"], ["wt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["e", "wt"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", vocab])],
+        [numpy_helper.from_array(w, "embed.weight")])
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
+    return ir.from_proto(proto), w

@@ -13,10 +13,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from qpasses.errors import RecipeError
-from qpasses.formats import dequantize_weight, quantize_weight
 from qpasses.formats.spec import WeightFormat
-from qpasses.ir.sites import check_finite, select
+from qpasses.ir.sites import select
 from qpasses.passes.base import Pass
+from qpasses.passes.quantize_weights import snap
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,6 @@ class QuantizeEmbeddings(Pass):
                                       f"quantize_embeddings asks for {fmt}: make them agree")
                 counts["embedding.tied"] += 1
                 continue
-            w = table.weight()
-            check_finite(table.weight_name, w)
-            q = quantize_weight(w, fmt)
-            table.set_weight(dequantize_weight(q))
-            ctx.quantized[table.weight_name] = q
+            snap(table, fmt, ctx)
             counts[f"embedding.{fmt.kind}_g{fmt.block_size}"] += 1
         return dict(counts)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qpasses.errors import PostconditionError
-from qpasses.formats import dequantize_weight, quantize_weight
+from qpasses.formats import QuantizedWeight, dequantize_weight, quantize_weight
 from qpasses.formats.spec import WeightFormat
 from qpasses.ir.sites import check_finite, select
 from qpasses.passes.base import Pass
@@ -42,6 +42,16 @@ def rule_name(fmt: WeightFormat) -> str:
     return f"rtn.{fmt.kind}_{'sym' if fmt.symmetric else 'asym'}_{group}"
 
 
+def snap(site, fmt: WeightFormat, ctx) -> QuantizedWeight:
+    """Quantize a site's weight, put the dequantized (on-grid) tensor back, record the codes."""
+    w = site.weight()
+    check_finite(site.weight_name, w)
+    q = quantize_weight(w, fmt)
+    site.set_weight(dequantize_weight(q))
+    ctx.quantized[site.weight_name] = q
+    return q
+
+
 class QuantizeWeights(Pass):
     name = "quantize_weights"
     stages = ("fx", "onnx")
@@ -53,11 +63,7 @@ class QuantizeWeights(Pass):
             if site.weight_name in ctx.quantized:  # a weight shared by two sites (tied) is snapped once
                 continue
             fmt = self.settings_for(site, ctx).weight_format()
-            w = site.weight()
-            check_finite(site.weight_name, w)
-            q = quantize_weight(w, fmt)
-            site.set_weight(dequantize_weight(q))
-            ctx.quantized[site.weight_name] = q
+            snap(site, fmt, ctx)
             counts[rule_name(fmt)] += 1
         return dict(counts)
 

@@ -66,6 +66,10 @@ class LinearRule(RewriteRuleClassBase):
             return fail(f"{w.name} differs from the dequantized codes of its plan; lowering would change the model", w)
         return q
 
+    def check(self, context, x, w, **_):
+        q = self.check_weight(w)
+        return q if isinstance(q, MatchResult) else MatchResult()
+
     @staticmethod
     def act_format(xq: ir.Value) -> tuple[str, int]:
         """(kind, block_size) of the QuantizeActivation producing xq."""

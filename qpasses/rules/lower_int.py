@@ -52,10 +52,6 @@ class ToDequantizeLinear(LinearRule):
     rule_name = "qdq.int"
     kinds = ("int4", "int8")
 
-    def check(self, context, x, w, **_):
-        q = self.check_weight(w)
-        return q if isinstance(q, MatchResult) else MatchResult()
-
     def rewrite(self, op, x, w, **_):
         q = self.quantized(w)
         n, k = q.shape

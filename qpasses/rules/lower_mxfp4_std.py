@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter._basics import MatchResult
 
 from qpasses.formats import e2m1_decode, e8m0_decode, pack_mxfp4
 from qpasses.rules.base import LinearRule, init, variants
@@ -23,10 +22,6 @@ def const(op, array, dtype=np.float32):
 class ToMxfp4Decode(LinearRule):
     rule_name = "std.mxfp4"
     kinds = ("mxfp4",)
-
-    def check(self, context, x, w, **_):
-        q = self.check_weight(w)
-        return q if isinstance(q, MatchResult) else MatchResult()
 
     def rewrite(self, op, x, w, **_):
         q = self.quantized(w)
