@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qpasses.calibration.source import CalibrationSource
 from qpasses.errors import InputError
 from qpasses.passes.base import Context
 from qpasses.passes.manager import PassManager
@@ -75,10 +76,14 @@ def run(opts: Options, log=print) -> dict:
 
     loaded = load_model(opts.model, opts.tokenizer)
     log(f"model {loaded.name} ({loaded.kind}); recipe {recipe.name}: {recipe.description}")
+    if not opts.no_eval and loaded.kind == "torch" and not loaded.model.can_generate():
+        raise InputError(f"{loaded.name} is not a causal language model ({type(loaded.model).__name__}), so it has "
+                         f"no perplexity; pass --no-eval")
     evaluator = measure.Evaluator(loaded.tokenizer, None if opts.no_eval else opts.eval_windows, opts.eval_text,
                                   opts.threads, opts.progress)
     ctx = Context(ignore=recipe.ignore, overrides=recipe.overrides, seed=opts.seed,
-                  calibration=measure.CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed))
+                  calibration=CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed,
+                                                progress=opts.progress))
     ppl = {"fp": None, "stage_a": None, "quant": None}
     if loaded.kind == "torch":
         ppl["fp"] = evaluator.torch_fp(loaded)

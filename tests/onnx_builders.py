@@ -12,7 +12,7 @@ OPSET = 21
 
 def linear_model(k: int, n: int, layouts=("nk", "kn"), seed: int = 0, scale: float = 0.1) -> tuple[ir.Model, dict]:
     """x[b, s, K] -> one linear per layout, outputs summed. "nk": MatMul(x, Transpose(W)), "kn": MatMul(x, Wt),
-    "gemm": Gemm on a flattened x. Returns the model and {weight name: W[N, K]}."""
+    "gemm" / "gemm_bias": Gemm(transB=1) on a flattened x, without / with a bias. Returns the model and {weight name: W[N, K]}."""
     rng = np.random.default_rng(seed)
     nodes, inits, weights, outs = [], [], {}, []
     for i, layout in enumerate(layouts):
@@ -29,11 +29,15 @@ def linear_model(k: int, n: int, layouts=("nk", "kn"), seed: int = 0, scale: flo
             nodes.append(helper.make_node("MatMul", ["x", name], [y]))
         else:
             inits += [numpy_helper.from_array(w, name), numpy_helper.from_array(np.array([-1, k], np.int64), f"s{i}")]
+            gemm_in = [f"x2_{i}", name]
+            if layout == "gemm_bias":
+                inits.append(numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), f"bias{i}"))
+                gemm_in.append(f"bias{i}")
             nodes += [helper.make_node("Reshape", ["x", f"s{i}"], [f"x2_{i}"]),
-                      helper.make_node("Gemm", [f"x2_{i}", name], [f"g{i}"], transB=1),
+                      helper.make_node("Gemm", gemm_in, [f"g{i}"], transB=1),
                       helper.make_node("Reshape", [f"g{i}", "oshape"], [y])]
         outs.append(y)
-    if "gemm" in layouts:
+    if any(layout.startswith("gemm") for layout in layouts):
         nodes.insert(0, helper.make_node("Shape", ["x"], ["xs"], start=0, end=2))
         nodes.insert(1, helper.make_node("Concat", ["xs", "ncol"], ["oshape"], axis=0))
         inits.append(numpy_helper.from_array(np.array([n], np.int64), "ncol"))

@@ -112,3 +112,27 @@ def test_graph_with_no_matching_site_is_an_error(int4_run, tmp_path, capsys):
     assert main(["run", "--model", str(int4_run / "model.onnx"), "--no-eval", "--out", str(out), "--no-progress"]) == 2
     assert "rewrote nothing" in error_line(capsys)
     assert not out.exists()
+
+
+def test_bert_style_encoder_gets_weight_only_rtn(tmp_path, capsys):
+    """Linear sites are found by pattern, not Llama names: an encoder's linears are lowered too."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from qpasses.models.tiny import build_byte_tokenizer
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=64)
+    folder = tmp_path / "tiny-bert"
+    BertModel(cfg).eval().save_pretrained(str(folder))
+    build_byte_tokenizer().save_pretrained(str(folder))
+    out = tmp_path / "bert-int4"
+    base = ["run", "--model", str(folder), "--out", str(out), "--no-progress", "--set", "quantize_weights.block_size=32"]
+    assert main(base) == 2
+    assert "not a causal language model" in error_line(capsys)
+    assert main([*base, "--no-eval"]) == 0
+    r = report(out)
+    assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g32": 7}  # q, k, v, attention out, intermediate, output, pooler
+    # the pooler does not feed the exported output (last_hidden_state): the ONNX graph has 6 linears
+    assert r["passes"][-1]["rewrites"] == {"matmulnbits.int.nk": 6}

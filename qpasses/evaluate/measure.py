@@ -1,5 +1,5 @@
 """The measurements a compile run makes: perplexity of the float model, of the stage-A torch
-program and of the deployed ONNX file, on the same windows; and the lazily built calibration set."""
+program and of the deployed ONNX file, on the same windows."""
 
 from __future__ import annotations
 
@@ -73,20 +73,3 @@ class Evaluator:
         if self.windows is None:
             return None
         return self._ppl(ort_logits_fn(ort_session(path, threads=self.threads)), label)
-
-
-class CalibrationSource:
-    """Calibration and held-out windows from the calibration text, built on first use."""
-
-    def __init__(self, tokenizer, n: int, seed: int, text: Path | None = None):
-        self.tokenizer, self.n, self.seed, self.text = tokenizer, n, seed, text
-        self._windows = None
-
-    def windows(self):
-        if self._windows is None:
-            from qpasses.data.texts import debian_text
-            from qpasses.data.windows import calibration_windows, tokenize_text
-
-            ids = tokenize_text(self.tokenizer, self.text or debian_text("calib"))
-            self._windows = calibration_windows(ids, self.n, seed=self.seed)
-        return self._windows

@@ -63,6 +63,8 @@ class PassManager:
         except QPassError as e:
             ran = ", ".join(r.name for r in done) or "none"
             raise type(e)(f"{e} (in pass {p.name!r}; passes already run: {ran})") from None
+        if p.changes_activations and ctx.calibration is not None:
+            ctx.calibration.invalidate()  # statistics of the old activations can never be asked for again
         result = PassResult(p.name, counts, time.perf_counter() - t)
         if p.expects_rewrites and result.total == 0:
             raise NoMatchError(

@@ -22,14 +22,17 @@ def fail(reason: str, *where) -> MatchResult:
     return MatchResult().fail(reason, list(where) or None)
 
 
-def weight_nk(w: ir.Value, layout: str) -> np.ndarray:
+def weight_nk(w: ir.Value, orient: str) -> np.ndarray:
     data = w.const_value.numpy().astype(np.float32, copy=False)
-    return data if layout == "nk" else data.T
+    return data if orient == "nk" else data.T
 
 
 class LinearRule(RewriteRuleClassBase):
-    """Base of the per-layout linear rules. `layout` is "nk" for MatMul(x, Transpose(W[N, K])) and
-    "kn" for MatMul(x, W[K, N]); `act` is True for the variant whose input is a QuantizeActivation."""
+    """Base of the per-layout linear rules. Layouts: "nk" = MatMul(x, Transpose(W[N, K])) (our
+    export), "kn" = MatMul(x, W[K, N]) (other exporters), "gemm" / "gemm_bias" = Gemm(x, W[, c])
+    with W oriented by transB (2-D inputs). `act` selects the variant whose input is a
+    QuantizeActivation. Subclasses implement `lower(op, x, w, q, act)` -> x · dequant(q)ᵀ;
+    a Gemm bias is added after it."""
 
     rule_name: str
     kinds: tuple[str, ...] = ()
@@ -40,35 +43,54 @@ class LinearRule(RewriteRuleClassBase):
         super().__init__(f"{self.rule_name}{'_act' if act else ''}.{layout}")
         self.layout, self.act, self.fmt, self.plan, self.accuracy_level = layout, act, fmt, plan, accuracy_level
 
-    def pattern(self, op, x, w):
+    def pattern(self, op, x, w, c):
         if self.act:
             x = op.QuantizeActivation(x, _domain=DOMAIN, _outputs=["xq"])
-        return op.MatMul(x, op.Transpose(w) if self.layout == "nk" else w)
+        if self.layout == "nk":
+            return op.MatMul(x, op.Transpose(w), _outputs=["y"])
+        if self.layout == "kn":
+            return op.MatMul(x, w, _outputs=["y"])
+        inputs = (x, w, c) if self.layout == "gemm_bias" else (x, w)
+        return op.Gemm(*inputs, _allow_other_attributes=True, _outputs=["y"])
 
-    def quantized(self, w: ir.Value) -> QuantizedWeight | None:
+    def orient(self, y: ir.Value) -> str:
+        """How W is stored: "nk" ([N, K]) or "kn" ([K, N])."""
+        if self.layout in ("nk", "kn"):
+            return self.layout
+        return "nk" if y.producer().attributes.get_int("transB", 0) else "kn"
+
+    def quantized(self, w: ir.Value, orient: str) -> QuantizedWeight | None:
         """The codes behind W: from the stage-A plan, or RTN with this rule's format."""
         if self.plan is not None:
             return self.plan.get(w.name)
         if self.fmt is None or w.const_value is None:
             return None
-        return quantize_weight(weight_nk(w, self.layout), self.fmt)
+        return quantize_weight(weight_nk(w, orient), self.fmt)
 
-    def check_weight(self, w: ir.Value):
-        """Common checks; returns the QuantizedWeight or a failed MatchResult."""
+    def check(self, context, x, w, y, c=None, xq=None, **_):
+        if self.layout.startswith("gemm"):
+            attrs = y.producer().attributes
+            if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
+                return fail("only Gemm with transA = 0, alpha = beta = 1 is a plain linear", y)
         if w.const_value is None or len(w.const_value.shape) != 2:
             return fail(f"{w.name} is not a constant 2-D weight", w)
-        q = self.quantized(w)
+        orient = self.orient(y)
+        q = self.quantized(w, orient)
         if q is None:
             return fail(f"{w.name} has no quantization plan (kept in float)", w)
         if q.fmt.kind not in self.kinds:
             return fail(f"{w.name} is {q.fmt.kind}; this rule lowers {', '.join(self.kinds)}", w)
-        if self.plan is not None and not np.array_equal(weight_nk(w, self.layout), dequantize_weight(q)):
+        if self.plan is not None and not np.array_equal(weight_nk(w, orient), dequantize_weight(q)):
             return fail(f"{w.name} differs from the dequantized codes of its plan; lowering would change the model", w)
-        return q
+        return self.check_lowering(w, q, xq)
 
-    def check(self, context, x, w, **_):
-        q = self.check_weight(w)
-        return q if isinstance(q, MatchResult) else MatchResult()
+    def check_lowering(self, w: ir.Value, q: QuantizedWeight, xq: ir.Value | None):
+        """Target-specific conditions; success by default."""
+        return MatchResult()
+
+    def rewrite(self, op, x, w, y, c=None, xq=None, **_):
+        out = self.lower(op, x, w, self.quantized(w, self.orient(y)), xq)
+        return op.Add(out, c) if c is not None else out
 
     @staticmethod
     def act_format(xq: ir.Value) -> tuple[str, int]:
@@ -91,10 +113,13 @@ def init(op, name: str, array: np.ndarray, dtype: ir.DataType | None = None, nea
     return op.initializer(ir.Tensor(array, dtype=dtype, name=name), name=name)
 
 
+LAYOUTS = ("nk", "kn", "gemm", "gemm_bias")
+
+
 def variants(cls: type[LinearRule], **kw) -> list:
-    """The rule for both weight layouts; fused-activation variants first, so they win."""
+    """The rule for every weight layout; fused-activation variants first, so they win."""
     acts = (True, False) if cls.fuses_act else (False,)
-    return [cls.rule(layout=layout, act=act, **kw) for act in acts for layout in ("nk", "kn")]
+    return [cls.rule(layout=layout, act=act, **kw) for act in acts for layout in LAYOUTS]
 
 
 __all__ = ["LinearRule", "QUANT_ACT", "fail", "init", "variants", "weight_nk"]

@@ -25,10 +25,7 @@ class ToMatMulNBits(LinearRule):
     kinds = ("int4", "int8")
     fuses_act = True
 
-    def check(self, context, x, w, xq=None, **_):
-        q = self.check_weight(w)
-        if isinstance(q, MatchResult):
-            return q
+    def check_lowering(self, w, q, xq):
         block = q.codes.shape[2]
         if block < 16 or block & (block - 1):
             return fail(f"{w.name}: block of {block} is not a power of two >= 16 as MatMulNBits needs; use target qdq", w)
@@ -37,8 +34,7 @@ class ToMatMulNBits(LinearRule):
                         f"not {self.act_format(xq)}", xq)
         return MatchResult()
 
-    def rewrite(self, op, x, w, xq=None, **_):
-        q = self.quantized(w)
+    def lower(self, op, x, w, q, xq):
         n, k = q.shape
         packed = pack_matmulnbits(q)
         inputs = [x, init(op, f"{w.name}.qweight", packed["B"], near=w), init(op, f"{w.name}.qscales", packed["scales"])]
@@ -52,8 +48,7 @@ class ToDequantizeLinear(LinearRule):
     rule_name = "qdq.int"
     kinds = ("int4", "int8")
 
-    def rewrite(self, op, x, w, **_):
-        q = self.quantized(w)
+    def lower(self, op, x, w, q, xq):
         n, k = q.shape
         nb, block = q.codes.shape[1:]
         signed = q.fmt.symmetric

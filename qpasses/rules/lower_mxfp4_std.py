@@ -23,8 +23,7 @@ class ToMxfp4Decode(LinearRule):
     rule_name = "std.mxfp4"
     kinds = ("mxfp4",)
 
-    def rewrite(self, op, x, w, **_):
-        q = self.quantized(w)
+    def lower(self, op, x, w, q, xq):
         n, k = q.shape
         nb = q.codes.shape[1]
         b, e = pack_mxfp4(q)

@@ -27,7 +27,10 @@ def ops(model):
     return Counter(n.op_type for n in model.graph)
 
 
-def quantized_stage(k, n, wsettings, layouts=("nk", "kn")):
+LAYOUTS = ("nk", "kn", "gemm", "gemm_bias")
+
+
+def quantized_stage(k, n, wsettings, layouts=LAYOUTS):
     model, weights = linear_model(k, n, layouts)
     stage, ctx = OnnxStage({"logits": model}), Context()
     counts = QuantizeWeights(**wsettings).run(stage, ctx)
@@ -53,12 +56,13 @@ def test_weight_lowering_preserves_the_snapped_graph(wsettings, target, op, k):
     model, stage, ctx = quantized_stage(k, 48, wsettings)
     x = RNG.standard_normal((2, 5, k)).astype(np.float32)
     before = run_ort(model, {"x": x})
-    expected = sum(x @ dequantize_weight(q).T for q in ctx.quantized.values())
+    bias = model.graph.initializers["bias3"].const_value.numpy()
+    expected = sum(x @ dequantize_weight(q).T for q in ctx.quantized.values()) + bias
     np.testing.assert_allclose(before, expected, rtol=1e-5, atol=1e-5)
     lower = LowerLinears(target=target)
     counts = lower.run(stage, ctx)
     lower.ensures(stage, ctx)
-    assert sum(counts.values()) == 2 and ops(model)[op] >= 2
+    assert sum(counts.values()) == 4 and ops(model)[op] >= 4
     assert not [s for s in stage.sites() if s.weight_name in ctx.quantized]
     np.testing.assert_allclose(run_ort(model, {"x": x}), before, rtol=1e-5, atol=1e-5)
 
