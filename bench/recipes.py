@@ -32,8 +32,17 @@ def run(model: str, recipe: str, out: Path, args) -> dict:
     if proc.returncode:
         print(proc.stdout[-2000:], proc.stderr[-3000:], file=sys.stderr)
         return {"recipe": recipe, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    (out / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
+    return saved(out, recipe)
+
+
+def saved(out: Path, recipe: str) -> dict:
+    """A finished run's report, with the wall time the benchmark recorded next to it."""
+    if not (out / "report.json").is_file():
+        return {"recipe": recipe, "error": "no report (not run yet)"}
     report = json.loads((out / "report.json").read_text())
-    report["wall_seconds"] = wall
+    wall = out / "wall_seconds.txt"
+    report["wall_seconds"] = float(wall.read_text()) if wall.is_file() else report["total_seconds"]
     return report
 
 
@@ -50,7 +59,7 @@ def table(rows: list[dict]) -> str:
             continue
         a, q = r["ppl_stage_a"], r["ppl_quant"]
         rel = None if a is None or q is None else 100 * (q - a) / a
-        lines.append(f"| {r['recipe']} | {fmt(a)} | {fmt(q)} | {fmt(rel, '+.2f')}% | {r['onnx_bytes'] / 1e6:.1f} | "
+        lines.append(f"| {r['recipe']} | {fmt(a, '.4f')} | {fmt(q, '.4f')} | {fmt(rel, '+.3f')}% | {r['onnx_bytes'] / 1e6:.1f} | "
                      f"{r['onnx_bytes'] / r['fp32_onnx_bytes']:.3f} | {r['bits_per_weight']:.2f} | "
                      f"{r['wall_seconds']:.0f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
     return "\n".join(lines)
@@ -63,10 +72,14 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=80)
     p.add_argument("--threads", type=int)
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--table-only", action="store_true", help="rebuild the table from the saved reports, run nothing")
     args = p.parse_args()
     base = args.results / Path(args.model).stem
     rows = []
     for recipe in args.recipes:
+        if args.table_only:
+            rows.append(saved(base / recipe, recipe))
+            continue
         print(f"== {recipe}", flush=True)
         rows.append(run(args.model, recipe, base / recipe, args))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
