@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qpasses.calibration.source import CalibrationSource
 from qpasses.errors import InputError
+from qpasses.export.deploy import check_destination
 from qpasses.passes.base import Context
 from qpasses.passes.manager import PassManager
 from qpasses.recipe import load_recipe
@@ -46,11 +47,6 @@ class Options:
         return Path(f"{Path(self.model).stem}-{Path(self.recipe).stem}")
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise InputError(f"output folder {out} exists and is not empty; pass --force to replace it, or choose --out")
-
-
 def compile(model: str = "smollm2-135m", recipe: str = "int4-w4a16-rtn", out: str | Path | None = None,
             **options) -> dict:
     """Compile `model` with `recipe` into `out`; returns the report (also written as report.json/.md)."""
@@ -67,7 +63,7 @@ def run(opts: Options, log=print) -> dict:
     recipe = load_recipe(opts.recipe).with_sets(opts.sets)
     passes = recipe.instantiate()
     out = opts.out_dir()
-    check_out_dir(out, opts.force)
+    check_destination(out, opts.force)
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
@@ -101,11 +97,11 @@ def run(opts: Options, log=print) -> dict:
     manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log)
     final, results = manager.run(graph, ctx)
     metadata = provenance(recipe, results, loaded, ctx)
-    files = save(final, out, loaded, metadata, opts.force)
+    save(final, out, loaded, metadata, opts.force)
     quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"]
     rep.write_json(out / "manifest.json", manifest(recipe, results, loaded, metadata))
     ppl["quant"] = evaluator.ort(out / "model.onnx", "deployed (onnxruntime)")
-    report = rep.build(opts, recipe, loaded, results, ppl, files, evaluator, quantize_seconds,
+    report = rep.build(opts, recipe, loaded, results, ppl, evaluator, quantize_seconds,
                        time.perf_counter() - t_start)
     rep.write(report, out)
     log(rep.render_markdown(report))
@@ -167,11 +163,11 @@ def manifest(recipe, results, loaded, metadata: dict[str, str]) -> dict:
     }
 
 
-def save(final, out: Path, loaded, metadata: dict[str, str], force: bool) -> list[Path]:
+def save(final, out: Path, loaded, metadata: dict[str, str], force: bool) -> None:
     from qpasses.export.deploy import finalize, save_deployment
     from qpasses.export.onnx_export import OnnxModels
 
     for model in final.models.values():
         finalize(model)
     models = OnnxModels(logits=final.models["logits"], decoder=final.models.get("decoder"))
-    return save_deployment(models, out, loaded.tokenizer, metadata, force=force)
+    save_deployment(models, out, loaded.tokenizer, metadata, force=force)

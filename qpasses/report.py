@@ -63,7 +63,7 @@ def weight_count(loaded) -> int:
                if v.const_value is not None and v.const_value.dtype.is_floating_point())
 
 
-def build(opts, recipe, loaded, results, ppl, files, evaluator, quantize_seconds, total_seconds) -> dict:
+def build(opts, recipe, loaded, results, ppl, evaluator, quantize_seconds, total_seconds) -> dict:
     out = opts.out_dir()
     count = weight_count(loaded)
     stored = stored_weight_bytes(out)

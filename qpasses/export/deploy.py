@@ -97,7 +97,7 @@ def save_deployment(models: OnnxModels, out_dir: Path, tokenizer, metadata: dict
 
     `metadata` is set as metadata_props on both models (in memory too)."""
     out_dir = Path(out_dir)
-    _check_destination(out_dir, force)
+    check_destination(out_dir, force)
     graphs = {GRAPH_FILES[name]: m for name, m in (("logits", models.logits), ("decoder", models.decoder))
               if m is not None}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,8 @@ def _occupied(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def _check_destination(out_dir: Path, force: bool) -> None:
+def check_destination(out_dir: Path, force: bool) -> None:
+    """Refuse a non-empty destination unless force (callers check early, before the long work)."""
     if _occupied(out_dir) and not force:
         raise InputError(f"output folder {out_dir} already exists and is not empty; "
                          "pass --force to replace it")
@@ -170,7 +171,7 @@ def _move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
             out_dir.rmdir()
         os.rename(tmp, out_dir)
         return
-    _check_destination(out_dir, force)
+    check_destination(out_dir, force)
     old = tmp.with_suffix(".old")
     os.rename(out_dir, old)
     try:
