@@ -19,6 +19,7 @@ from qpasses.errors import LoweringError, PostconditionError
 from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.passes.base import Pass
 from qpasses.rules.expand_quant_act import expand_rules
+from qpasses.rules.explain import explain
 from qpasses.rules.lower_gather import gather_rules
 from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
@@ -39,6 +40,10 @@ class Settings:
             raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError("accuracy_level must be 0..4")
+
+
+def _graph_name(stage, graph) -> str:
+    return next(name for name, model in stage.models.items() if model.graph is graph)
 
 
 class LowerLinears(Pass):
@@ -73,12 +78,16 @@ class LowerLinears(Pass):
 
     def ensures(self, graph, ctx):
         planned = ctx.quantized
-        left = [s.name for s in graph.sites() if s.weight_name in planned]
-        left += [t.name for t in graph.embedding_sites()  # tables GatherBlockQuantized can read must be lowered
-                 if t.weight_name in planned and planned[t.weight_name].fmt.kind in ("int4", "int8")]
+        left = [s for s in graph.sites() if s.weight_name in planned]
         if left:
-            raise PostconditionError(f"{len(left)} planned linear(s) were not lowered, e.g. {left[:3]}; "
-                                     f"run with --explain-rules to see why")
+            use = left[0].uses[0]
+            why = "; ".join(explain(graph.models[_graph_name(graph, use.graph)], self.rules(ctx), use.node))
+            raise PostconditionError(f"{len(left)} planned linear(s) were not lowered, e.g. {left[0].name}: "
+                                     f"{why or 'no rule pattern matched it'}")
+        tables = [t.name for t in graph.embedding_sites()  # tables GatherBlockQuantized can read must be lowered
+                  if t.weight_name in planned and planned[t.weight_name].fmt.kind in ("int4", "int8")]
+        if tables:
+            raise PostconditionError(f"embedding table(s) {tables} were planned but not lowered")
         for gname, model in graph.models.items():
             if any(n.domain == DOMAIN and n.op_type == QUANT_ACT for n in model.graph):
                 raise PostconditionError(f"a {QUANT_ACT} node survived lowering in the {gname} graph")

@@ -9,6 +9,7 @@ import pytest
 from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
 from onnx_builders import linear_model, run_ort
+from qpasses.errors import PostconditionError
 from qpasses.formats import dequantize_weight, fake_quant_activation_np
 from qpasses.formats.spec import ActFormat, WeightFormat
 from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
@@ -94,7 +95,7 @@ def test_per_channel_int4_cannot_become_matmulnbits_and_says_why():
     _, stage, ctx = quantized_stage(96, 16, {"format": "int4", "block_size": 0}, layouts=("nk",))
     lower = LowerLinears(target="matmulnbits")
     assert lower.run(stage, ctx) == {}
-    with pytest.raises(Exception, match="not lowered"):
+    with pytest.raises(PostconditionError, match="not lowered.*block of 96 is not a power of two"):
         lower.ensures(stage, ctx)
 
 
