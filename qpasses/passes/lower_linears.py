@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+import onnx_ir as ir
 from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
 from qpasses.errors import LoweringError, PostconditionError
+from qpasses.formats import QuantizedWeight, unpack_matmulnbits, unpack_mxfp4
 from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.passes.base import Pass
 from qpasses.rules.expand_quant_act import expand_rules
@@ -40,6 +43,25 @@ class Settings:
             raise ValueError(f"target {self.target!r} is not one of {TARGETS}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError("accuracy_level must be 0..4")
+
+
+def stored_codes(model, name: str, q) -> QuantizedWeight | None:
+    """Decode the packed bytes the lowering stored for weight `name` (MatMulNBits or MXFP4 layout)."""
+    inits = model.graph.initializers
+    b, scales = inits.get(f"{name}.qweight"), inits.get(f"{name}.qscales")
+    if b is None or scales is None or b.const_value.dtype != ir.DataType.UINT8:
+        return None  # not lowered here, or a QDQ tensor (typed INT4/INT8 values, nothing packed by us)
+    if q.fmt.kind == "mxfp4":
+        return unpack_mxfp4(b.const_value.numpy(), scales.const_value.numpy(), q.shape, q.fmt.scale_rule)
+    zeros = inits.get(f"{name}.qzeros")
+    packed = {"B": b.const_value.numpy(), "scales": scales.const_value.numpy(),
+              "zero_points": None if zeros is None else zeros.const_value.numpy()}
+    return unpack_matmulnbits(packed, q.fmt, q.shape)
+
+
+def same_codes(a: QuantizedWeight, b: QuantizedWeight) -> bool:
+    zp = (a.zero_points is None and b.zero_points is None) or np.array_equal(a.zero_points, b.zero_points)
+    return np.array_equal(a.codes, b.codes) and np.array_equal(a.scales, b.scales) and zp
 
 
 def _graph_name(stage, graph) -> str:
@@ -91,3 +113,7 @@ class LowerLinears(Pass):
         for gname, model in graph.models.items():
             if any(n.domain == DOMAIN and n.op_type == QUANT_ACT for n in model.graph):
                 raise PostconditionError(f"a {QUANT_ACT} node survived lowering in the {gname} graph")
+            for name, q in planned.items():  # decode(pack(q)) == q, on the bytes really stored
+                got = stored_codes(model, name, q)
+                if got is not None and not same_codes(got, q):
+                    raise PostconditionError(f"{name}: the packed bytes in the {gname} graph do not decode to its codes")

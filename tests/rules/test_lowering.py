@@ -68,6 +68,19 @@ def test_weight_lowering_preserves_the_snapped_graph(wsettings, target, op, k):
     np.testing.assert_allclose(run_ort(model, {"x": x}), before, rtol=1e-5, atol=1e-5)
 
 
+def test_ensures_decodes_the_stored_bytes():
+    model, stage, ctx = quantized_stage(64, 32, {"format": "mxfp4"}, layouts=("nk",))
+    lower = LowerLinears(target="matmulnbits")
+    lower.run(stage, ctx)
+    lower.ensures(stage, ctx)
+    packed = model.graph.initializers["layer0.nk.weight.qweight"]
+    data = packed.const_value.numpy().copy()
+    data[0, 0, 0] ^= 0x10  # one flipped bit in the stored nibbles
+    packed.const_value = ir.Tensor(data, name=packed.name)
+    with pytest.raises(PostconditionError, match="do not decode to its codes"):
+        lower.ensures(stage, ctx)
+
+
 def test_w4a8_fuses_activation_quantization_into_accuracy_level_4():
     k = 256
     model, stage, ctx = quantized_stage(k, 64, {"format": "int4", "block_size": 32}, layouts=("nk",))
