@@ -64,3 +64,16 @@ def build_byte_tokenizer():
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+def save_tiny_bert(folder, seed: int = 0):
+    """A tiny BERT-style encoder (not a causal LM: hidden 64, one layer) with the byte tokenizer,
+    saved as a Hugging Face folder; returns the folder."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=64)
+    BertModel(cfg).eval().save_pretrained(str(folder))
+    build_byte_tokenizer().save_pretrained(str(folder))
+    return folder

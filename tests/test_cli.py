@@ -116,17 +116,9 @@ def test_graph_with_no_matching_site_is_an_error(int4_run, tmp_path, capsys):
 
 def test_bert_style_encoder_gets_weight_only_rtn(tmp_path, capsys):
     """Linear sites are found by pattern, not Llama names: an encoder's linears are lowered too."""
-    import torch
-    from transformers import BertConfig, BertModel
+    from qpasses.models.tiny import save_tiny_bert
 
-    from qpasses.models.tiny import build_byte_tokenizer
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=64)
-    folder = tmp_path / "tiny-bert"
-    BertModel(cfg).eval().save_pretrained(str(folder))
-    build_byte_tokenizer().save_pretrained(str(folder))
+    folder = save_tiny_bert(tmp_path / "tiny-bert")
     out = tmp_path / "bert-int4"
     base = ["run", "--model", str(folder), "--out", str(out), "--no-progress", "--set", "quantize_weights.block_size=32"]
     assert main(base) == 2

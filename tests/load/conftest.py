@@ -40,18 +40,9 @@ def tiny_folder(tiny_folder_master, tmp_path) -> Path:
 @pytest.fixture
 def bert_folder(tmp_path) -> Path:
     """A tiny BERT-style encoder (not a causal LM) with the byte tokenizer."""
-    import torch
-    from transformers import BertConfig, BertModel
+    from qpasses.models.tiny import save_tiny_bert
 
-    from qpasses.models.tiny import build_byte_tokenizer
-
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    folder = tmp_path / "tiny-bert"
-    BertModel(cfg).eval().save_pretrained(str(folder))
-    build_byte_tokenizer().save_pretrained(str(folder))
-    return folder
+    return save_tiny_bert(tmp_path / "tiny-bert")
 
 
 @pytest.fixture

@@ -56,7 +56,7 @@ def test_bert_encoder_folder_loads_with_automodel(bert_folder):
     assert type(loaded.model).__name__ == "BertModel" and loaded.kind == "torch"
     assert loaded.source["class"] == "BertModel"
     out = loaded.model(input_ids=torch.tensor([[5, 6, 7]])).last_hidden_state
-    assert out.shape == (1, 3, 32)
+    assert out.shape == (1, 3, 64)
 
 
 def test_tokenizer_override(tiny_folder, tmp_path):
