@@ -83,8 +83,11 @@ def main() -> None:
         print(f"== {recipe}", flush=True)
         rows.append(run(args.model, recipe, base / recipe, args))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    text = (f"# {args.model}: built-in recipes, {args.eval_windows} x 512 eval windows\n\n"
-            f"command: `{' '.join(sys.argv)}`\n\n{table(rows)}\n")
+    how = ("rebuilt from the reports saved by earlier `bench/recipes.py` runs" if args.table_only
+           else f"command: `{' '.join(sys.argv)}`")
+    text = (f"# {args.model}: built-in recipes, {args.eval_windows} x 512 eval windows\n\n{how}. "
+            f"ppl torch = the stage-A program; ppl ORT = the deployed model.onnx in onnxruntime; wall time = the "
+            f"whole `qpasses run` (three perplexity passes, capture, export, save).\n\n{table(rows)}\n")
     base.mkdir(parents=True, exist_ok=True)
     (base / "recipes.md").write_text(text)
     print(text)
