@@ -9,7 +9,7 @@ segments are picked up. Statistics are over the linear's input `args[0]`, flatte
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch.export import ExportedProgram

@@ -9,7 +9,7 @@ all-ones attention mask.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx

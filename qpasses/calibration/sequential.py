@@ -12,7 +12,7 @@ number of groups (the last segment runs once; nodes after the last group never r
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch.export import ExportedProgram

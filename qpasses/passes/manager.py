@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from qpasses.errors import NoMatchError, PreconditionError, QPassError
 from qpasses.passes.base import Context, Pass, PassResult
