@@ -18,7 +18,7 @@ from pathlib import Path
 
 from qpasses.calibration.source import CalibrationSource
 from qpasses.errors import InputError
-from qpasses.export.deploy import check_destination
+from qpasses.export.deploy import check_destination, staged
 from qpasses.passes.base import Context
 from qpasses.passes.manager import PassManager
 from qpasses.recipe import load_recipe
@@ -97,13 +97,14 @@ def run(opts: Options, log=print) -> dict:
     manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log)
     final, results = manager.run(graph, ctx)
     metadata = provenance(recipe, results, loaded, ctx)
-    save(final, out, loaded, metadata, opts.force)
-    quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"]
-    rep.write_json(out / "manifest.json", manifest(recipe, results, loaded, metadata))
-    ppl["quant"] = evaluator.ort(out / "model.onnx", "deployed (onnxruntime)")
-    report = rep.build(opts, recipe, loaded, results, ppl, evaluator, quantize_seconds,
-                       time.perf_counter() - t_start)
-    rep.write(report, out)
+    with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
+        save(final, folder, loaded, metadata)
+        quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"]
+        rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata))
+        ppl["quant"] = evaluator.ort(folder / "model.onnx", "deployed (onnxruntime)")
+        report = rep.build(opts, folder, recipe, loaded, results, ppl, evaluator, quantize_seconds,
+                           time.perf_counter() - t_start)
+        rep.write(report, folder)
     log(rep.render_markdown(report))
     return report
 
@@ -163,11 +164,11 @@ def manifest(recipe, results, loaded, metadata: dict[str, str]) -> dict:
     }
 
 
-def save(final, out: Path, loaded, metadata: dict[str, str], force: bool) -> None:
-    from qpasses.export.deploy import finalize, save_deployment
+def save(final, folder: Path, loaded, metadata: dict[str, str]) -> None:
+    from qpasses.export.deploy import finalize, write_deployment
     from qpasses.export.onnx_export import OnnxModels
 
     for model in final.models.values():
         finalize(model)
     models = OnnxModels(logits=final.models["logits"], decoder=final.models.get("decoder"))
-    save_deployment(models, out, loaded.tokenizer, metadata, force=force)
+    write_deployment(models, folder, loaded.tokenizer, metadata)

@@ -63,8 +63,8 @@ def weight_count(loaded) -> int:
                if v.const_value is not None and v.const_value.dtype.is_floating_point())
 
 
-def build(opts, recipe, loaded, results, ppl, evaluator, quantize_seconds, total_seconds) -> dict:
-    out = opts.out_dir()
+def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_seconds, total_seconds) -> dict:
+    """The report of a run whose deployed files are in `out`."""
     count = weight_count(loaded)
     stored = stored_weight_bytes(out)
     return {

@@ -139,3 +139,20 @@ def test_smollm2_end_to_end(tmp_path):
     assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g128": 210}
     assert r["ppl_quant"] == pytest.approx(r["ppl_stage_a"], rel=1e-3)
     assert r["onnx_bytes"] < 0.34 * r["fp32_onnx_bytes"]
+
+
+def test_a_failure_after_export_leaves_nothing_behind(tmp_path, text, monkeypatch, capsys):
+    """The folder appears whole (model, manifest, report) or not at all."""
+    from qpasses.errors import InputError
+    from qpasses.evaluate.measure import Evaluator
+
+    def broken(self, path, label):
+        if label.startswith("deployed"):
+            raise InputError("onnxruntime cannot load the deployed file (simulated)")
+        return None
+
+    monkeypatch.setattr(Evaluator, "ort", broken)
+    out = tmp_path / "out"
+    assert run("--eval-windows", 1, "--text", text, "--out", out) == 2
+    assert "simulated" in error_line(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx_ir as ir
@@ -91,29 +92,42 @@ def _large(graph: ir.Graph) -> dict[str, ir.Value]:
             if v.const_value is not None and v.const_value.nbytes >= EXTERNAL_MIN_BYTES}
 
 
-def save_deployment(models: OnnxModels, out_dir: Path, tokenizer, metadata: dict[str, str],
-                    force: bool = False) -> list[Path]:
-    """Write the folder (see the module docstring); return the paths of the files in it.
-
-    `metadata` is set as metadata_props on both models (in memory too)."""
+@contextmanager
+def staged(out_dir: Path, force: bool = False):
+    """A temporary folder next to `out_dir` that becomes `out_dir` when the block succeeds and
+    vanishes when it fails: readers never see a half-written deployment."""
     out_dir = Path(out_dir)
     check_destination(out_dir, force)
-    graphs = {GRAPH_FILES[name]: m for name, m in (("logits", models.logits), ("decoder", models.decoder))
-              if m is not None}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     try:
-        offsets = _write_data(graphs.values(), tmp / DATA_FILE)
-        for filename, model in graphs.items():
-            model.metadata_props.update(metadata)
-            _write_graph(model, tmp / filename, offsets)
-        tokenizer.save_pretrained(tmp)
+        yield tmp
         _move_into_place(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return sorted(p for p in out_dir.rglob("*") if p.is_file())
+
+
+def write_deployment(models: OnnxModels, folder: Path, tokenizer, metadata: dict[str, str]) -> None:
+    """Write the graphs, their shared data file and the tokenizer into an empty `folder`.
+
+    `metadata` is set as metadata_props on both models (in memory too)."""
+    graphs = {GRAPH_FILES[name]: m for name, m in (("logits", models.logits), ("decoder", models.decoder))
+              if m is not None}
+    offsets = _write_data(graphs.values(), folder / DATA_FILE)
+    for filename, model in graphs.items():
+        model.metadata_props.update(metadata)
+        _write_graph(model, folder / filename, offsets)
+    tokenizer.save_pretrained(folder)
+
+
+def save_deployment(models: OnnxModels, out_dir: Path, tokenizer, metadata: dict[str, str],
+                    force: bool = False) -> list[Path]:
+    """Write the folder (see the module docstring) atomically; return the paths of its files."""
+    with staged(out_dir, force) as folder:
+        write_deployment(models, folder, tokenizer, metadata)
+    return sorted(p for p in Path(out_dir).rglob("*") if p.is_file())
 
 
 def _occupied(path: Path) -> bool:
