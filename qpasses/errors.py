@@ -27,9 +27,5 @@ class NoMatchError(PostconditionError):
     """A pass that should have rewritten sites matched none."""
 
 
-class NumericMismatchError(PostconditionError):
-    """A transform claimed to be exact changed what the graph computes."""
-
-
 class LoweringError(QPassError):
     """A site cannot be lowered to the chosen target."""

@@ -131,17 +131,12 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomically: a temporary name, then a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
+# Plain writes: these files go into the staged deployment folder (export.deploy.staged), which
+# appears under its final name only once everything in it is written.
 def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write(r: dict, out: Path) -> None:
     write_json(out / "report.json", r)
-    write_text(out / "report.md", render_markdown(r))
+    (out / "report.md").write_text(render_markdown(r))

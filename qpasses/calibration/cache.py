@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import torch
 
+from qpasses.cache import publish, staging_dir
 from qpasses.calibration.stats import SiteStats, StatsSpec
 
 Key = tuple[str, str, StatsSpec]
@@ -76,10 +76,10 @@ class StatsCache:
         entry.update(stats)
         if self.directory is not None:
             path = self._file(*key)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"key": [fingerprint, digest, _spec_text(spec)],
-                        "stats": {name: s.state() for name, s in entry.items()}}, tmp)
-            os.replace(tmp, path)
+            with staging_dir(path) as tmp:
+                torch.save({"key": [fingerprint, digest, _spec_text(spec)],
+                            "stats": {name: s.state() for name, s in entry.items()}}, tmp / path.name)
+                publish(tmp / path.name, path)
 
     def _load(self, key: Key) -> dict[str, SiteStats] | None:
         path = self._file(*key)

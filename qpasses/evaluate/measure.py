@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from qpasses.cache import cache_dir
+from qpasses.cache import cache_dir, write_bytes_atomic
 
 
 class Evaluator:
@@ -57,8 +57,7 @@ class Evaluator:
             return ppl
         ppl = self._ppl(torch_logits_fn(loaded.model), "fp (torch)")
         if sha:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"ppl": ppl, "model": loaded.name}))
+            write_bytes_atomic(path, json.dumps({"ppl": ppl, "model": loaded.name}).encode())
         return ppl
 
     def torch_program(self, program, label: str):

@@ -18,6 +18,7 @@ import onnx_ir as ir
 from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
 from qpasses.errors import LoweringError, PostconditionError
+from qpasses.evaluate.session import QDQ_MATMULNBITS_ACCURACY_LEVEL
 from qpasses.formats import QuantizedWeight, unpack_matmulnbits, unpack_mxfp4
 from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.passes.base import Pass
@@ -28,9 +29,6 @@ from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
 
 TARGETS = ("matmulnbits", "qdq")
-# ORT fuses DequantizeLinear + MatMul into MatMulNBits; this session option keeps that fused op
-# computing with float activations (accuracy level 0) so a QDQ W4A16 file stays W4A16.
-QDQ_ACCURACY_KEY = "session.qdq_matmulnbits_accuracy_level"
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,9 @@ class LowerLinears(Pass):
             if counts != first:
                 raise LoweringError(f"the {gname} graph lowered {counts}, the first graph {first}; they must match")
         if self.settings.target == "qdq":
-            ctx.notes["ort"] = {"config": {QDQ_ACCURACY_KEY: str(self.settings.accuracy_level)}}
+            # ORT fuses DequantizeLinear + MatMul into MatMulNBits at accuracy level 4 (int8 activations)
+            # unless told otherwise: the file carries the level its stage-A model was measured with.
+            ctx.notes["ort"] = {"config": {QDQ_MATMULNBITS_ACCURACY_LEVEL: str(self.settings.accuracy_level)}}
         return first
 
     def ensures(self, graph, ctx):

@@ -23,8 +23,8 @@ from qpasses.rules.lower_mxfp4_std import const
 QMAX = {"int8": 127.0, "int4": 7.0}
 
 
-def _blocks(x) -> tuple[int, int, int] | None:
-    """(K, block, number of blocks) from x's static last dim, or None."""
+def _static_k(x) -> int | None:
+    """x's last dimension K when it is static, else None."""
     if x.shape is None or not isinstance(x.shape[-1], int):
         return None
     return x.shape[-1]
@@ -38,7 +38,7 @@ class ExpandQuantAct(RewriteRuleClassBase):
         return op.QuantizeActivation(x, _domain=DOMAIN, _outputs=["y"])
 
     def check(self, context, x, y, **_):
-        if _blocks(x) is None:
+        if _static_k(x) is None:
             return fail("the activation's last dimension is not static", x)
         kind = y.producer().attributes.get_string("kind", "")
         if kind not in ("int8", "int4", "mxfp4"):
@@ -48,7 +48,7 @@ class ExpandQuantAct(RewriteRuleClassBase):
     def rewrite(self, op, x, y, **_):
         attrs = y.producer().attributes
         kind, block = attrs.get_string("kind"), attrs.get_int("block_size")
-        k = _blocks(x)
+        k = _static_k(x)
         block = block or k
         nb = -(-k // block)
         i64 = np.int64
