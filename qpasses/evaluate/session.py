@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qpasses import runtime
 from qpasses.errors import InputError
 
 ORT_OPT_LEVELS = {"disable", "basic", "extended", "all"}
@@ -53,7 +54,11 @@ def ort_settings(path: Path | str, optimization: str | None = None,
 
     Also checks that the file parses and that its external-data files exist and are long enough,
     raising `InputError` otherwise."""
-    meta = _metadata_settings(_read_model(Path(path)), Path(path))
+    return _settings(_read_model(Path(path)), Path(path), optimization, extra_config)
+
+
+def _settings(proto, path: Path, optimization: str | None, extra_config: Mapping[str, str] | None) -> OrtSettings:
+    meta = _metadata_settings(proto, path)
     if optimization is not None:
         level, source = _check_level(optimization, "the optimization argument"), "argument"
     elif "optimization" in meta:
@@ -71,12 +76,16 @@ def ort_session(path: Path | str, threads: int | None = None, optimization: str 
 
     threads: intra-op threads (None: ORT's default, all cores). optimization: one of
     `ORT_OPT_LEVELS`; with `extra_config` it overrides the model's `qpasses.ort` metadata.
-    register_libraries: custom-op shared libraries to register before the model is loaded.
+    register_libraries: custom-op shared libraries to register before the model is loaded; by
+    default our own (qpasses.runtime) when the model imports its domain.
     A missing or corrupt model, external-data file or library raises `InputError`."""
     import onnxruntime as ort
 
     path = Path(path)
-    settings = ort_settings(path, optimization, extra_config)
+    proto = _read_model(path)
+    settings = _settings(proto, path, optimization, extra_config)
+    if not register_libraries and any(op.domain == runtime.DOMAIN for op in proto.opset_import):
+        register_libraries = [str(runtime.library_path())]
     so = ort.SessionOptions()
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

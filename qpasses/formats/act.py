@@ -22,26 +22,33 @@ F32 = np.float32
 QMAX = {"int8": 127, "int4": 7}
 
 
-def _int_blocks(xb: np.ndarray, qmax: int) -> np.ndarray:
-    """float32 [..., nb, B] -> fake-quantized float32, symmetric INT with one scale per block."""
+def _int_blocks(xb: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [..., nb, B] -> (codes, scales [..., nb, 1]): symmetric INT, one scale per block."""
     qmax = F32(qmax)
     amax = np.abs(xb).max(-1, keepdims=True)
     inv = np.divide(qmax, amax, out=np.zeros_like(amax), where=amax > 0)
-    code = np.clip(np.rint(xb * inv), -qmax - F32(1), qmax)
-    return code * (amax / qmax)
+    return np.clip(np.rint(xb * inv), -qmax - F32(1), qmax), amax / qmax
 
 
-def _mxfp4_blocks(xb: np.ndarray) -> np.ndarray:
-    """float32 [..., nb, 32] -> MXFP4 fake-quantized float32 (floor scale rule)."""
+def _mxfp4_blocks(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [..., nb, 32] -> (signed E2M1 values, power-of-two scales [..., nb, 1]), floor rule."""
     e = block_exponent(np.abs(xb).max(-1, keepdims=True), "floor")
     scale = e8m0_decode((e + 127).astype(np.uint8))
-    return np.sign(xb) * e2m1_round(np.abs(xb) / scale) * scale
+    return np.sign(xb) * e2m1_round(np.abs(xb) / scale), scale
+
+
+def quantize_activation_np(x: np.ndarray, fmt: ActFormat) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [..., K] -> (grid values [..., nb, B], scales [..., nb, 1]), both float32.
+
+    Grid values are the integer codes (int8 / int4) or the signed E2M1 values (mxfp4); the
+    dequantized activation is grid * scale. B = fmt.block_size, or K for per-token (0); the tail
+    block is zero-padded."""
+    x = np.asarray(x, F32)
+    xb = split_blocks(x, fmt.block_size or x.shape[-1])
+    return _mxfp4_blocks(xb) if fmt.kind == "mxfp4" else _int_blocks(xb, QMAX[fmt.kind])
 
 
 def fake_quant_activation_np(x: np.ndarray, fmt: ActFormat) -> np.ndarray:
     """float32 [..., K] -> float32 [..., K], quantized and dequantized along the last dim with fmt."""
-    x = np.asarray(x, F32)
-    k = x.shape[-1]
-    xb = split_blocks(x, fmt.block_size or k)
-    yb = _mxfp4_blocks(xb) if fmt.kind == "mxfp4" else _int_blocks(xb, QMAX[fmt.kind])
-    return np.ascontiguousarray(merge_blocks(yb, k))
+    grid, scale = quantize_activation_np(x, fmt)
+    return np.ascontiguousarray(merge_blocks(grid * scale, np.shape(x)[-1]))

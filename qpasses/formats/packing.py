@@ -44,6 +44,14 @@ def pack_matmulnbits(q: QuantizedWeight) -> dict[str, np.ndarray | None]:
     """INT QuantizedWeight -> {"B": uint8 [N, nblocks, B*bits/8], "scales": float32 [N*nblocks],
     "zero_points": uint8 [N, ceil(nblocks*bits/8)] or None when symmetric}."""
     _check_matmulnbits(q.fmt, q.block)
+    return pack_int_blocked(q)
+
+
+def pack_int_blocked(q: QuantizedWeight) -> dict[str, np.ndarray | None]:
+    """pack_matmulnbits' byte layout for any block length, per channel (block = K) included; the
+    layout of qpasses.MatMulInt4."""
+    if q.fmt.kind == "mxfp4":
+        raise ValueError("INT packing takes INT4/INT8 weights, not mxfp4")
     four = q.fmt.bits == 4
     data = pack_nibbles(q.codes) if four else q.codes.copy()
     zp = None
@@ -54,9 +62,14 @@ def pack_matmulnbits(q: QuantizedWeight) -> dict[str, np.ndarray | None]:
 
 def unpack_matmulnbits(packed: dict, fmt: WeightFormat, shape: tuple[int, int]) -> QuantizedWeight:
     """MatMulNBits initializers (as from pack_matmulnbits) + format + (N, K) -> QuantizedWeight."""
+    _check_matmulnbits(fmt, block_length(fmt, shape[1]))
+    return unpack_int_blocked(packed, fmt, shape)
+
+
+def unpack_int_blocked(packed: dict, fmt: WeightFormat, shape: tuple[int, int]) -> QuantizedWeight:
+    """The inverse of pack_int_blocked (any block length, per channel included)."""
     n, k = shape
     block = block_length(fmt, k)
-    _check_matmulnbits(fmt, block)
     nb = -(-k // block)
     data = np.asarray(packed["B"], np.uint8).reshape(n, nb, -1)
     codes = unpack_nibbles(data, block) if fmt.bits == 4 else data.copy()

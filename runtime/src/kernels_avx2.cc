@@ -1,0 +1,234 @@
+// AVX2 + FMA kernels; semantics are those of kernels_scalar.cc (see kernel.h).
+//
+// A 64-byte quad of a (tile, block) record is read as two 32-byte halves ("units" of 8 columns,
+// one ymm lane per column, 4 codes per lane in the low nibbles and 4 in the high nibbles).
+// Integer dot: vpmaddubsw (u8 lut_u values x s8 codes) gives int16 pair sums, the low- and
+// high-nibble pairs of one quad are added in int16 (<= 2 * 2 * 24 * 128, no overflow), and
+// vpmaddwd with ones widens each lane's 4 pairs into its int32 column sum.
+// The kernels are templated on R rows x U units sharing every loaded/unpacked weight vector.
+#include "kernel.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+
+#include <immintrin.h>
+
+#include <cstring>
+
+#define QP_UNROLL _Pragma("GCC unroll 16")
+
+namespace qpasses {
+namespace {
+
+constexpr int kUnit = 8;                    // columns per ymm
+constexpr int kPrefetch = 16 * kTileBytes;  // decode prefetch distance (bytes ahead in the code stream)
+
+inline int32_t load4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Unit g is half g%2 of tile g/2. Its codes in block b: 32 bytes at this offset in each quad.
+inline const uint8_t* unit_codes(const PackedWeights& w, int64_t g, int64_t b) {
+  return w.codes.data + ((g >> 1) * w.nb + b) * kTileBytes + (g & 1) * 32;
+}
+
+// Index of its first column in the per-(tile, block) scale / zshift arrays.
+inline int64_t unit_col(const PackedWeights& w, int64_t g, int64_t b) {
+  return ((g >> 1) * w.nb + b) * kTile + (g & 1) * kUnit;
+}
+
+// Store the 8 columns of unit g that exist (N need not be a multiple of 16).
+inline void store_unit(const PackedWeights& w, int64_t g, float* dst, __m256 v) {
+  const int64_t left = w.N - g * kUnit;
+  if (left >= kUnit) {
+    _mm256_storeu_ps(dst, v);
+  } else if (left > 0) {
+    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(dst, keep, v);
+  }
+}
+
+// Rows [m, m+R) x units [g, g+U) of the integer GEMM.
+template <int R, int U>
+void int_block(const PackedWeights& w, const ActRows& a, int64_t m, int64_t g, float* y, int64_t ldy) {
+  const __m256i nib = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.lut_u)));
+  const __m256i base = _mm256_set1_epi32(w.base_offset);
+  const bool zs = w.zshift.size != 0;
+  const int8_t* q[R];
+  const float* sa[R];
+  const int32_t* qsum[R];
+  QP_UNROLL for (int r = 0; r < R; ++r) {
+    q[r] = a.q.data() + (m + r) * a.K32;
+    sa[r] = a.sa.data() + (m + r) * a.nb;
+    qsum[r] = a.qsum.data() + (m + r) * a.nb;
+  }
+  __m256 acc[R][U];
+  QP_UNROLL for (int r = 0; r < R; ++r) QP_UNROLL for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
+
+  for (int64_t b = 0; b < w.nb; ++b) {
+    // Decode streams the weights from DRAM: prefetch a fixed distance ahead in the code stream
+    // (a tile's records are contiguous and the next tile follows).
+    if (R < 4 && U == 2) QP_UNROLL for (int l = 0; l < 4; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(unit_codes(w, g, b) + kPrefetch + 64 * l), _MM_HINT_T0);
+    __m256i isum[R][U];  // starts at -offset * qsum (the identity's correction)
+    QP_UNROLL for (int u = 0; u < U; ++u) {
+      const int8_t* z = zs ? w.zshift.data + unit_col(w, g + u, b) : nullptr;
+      const __m256i off =
+          zs ? _mm256_add_epi32(base, _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(z)))) : base;
+      QP_UNROLL for (int r = 0; r < R; ++r)
+        isum[r][u] = zs ? _mm256_mullo_epi32(off, _mm256_set1_epi32(-qsum[r][b]))
+                        : _mm256_set1_epi32(-w.base_offset * qsum[r][b]);
+    }
+    QP_UNROLL for (int l = 0; l < 4; ++l) {
+      QP_UNROLL for (int u = 0; u < U; ++u) {
+        const __m256i x =
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(unit_codes(w, g + u, b) + 64 * l));
+        const __m256i wlo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, nib));
+        const __m256i whi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), nib));
+        QP_UNROLL for (int r = 0; r < R; ++r) {
+          const int8_t* qb = q[r] + b * kBlock + 4 * l;
+          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(wlo, _mm256_set1_epi32(load4(qb))),
+                                             _mm256_maddubs_epi16(whi, _mm256_set1_epi32(load4(qb + 16))));
+          isum[r][u] = _mm256_add_epi32(isum[r][u], _mm256_madd_epi16(p, ones));
+        }
+      }
+    }
+    QP_UNROLL for (int u = 0; u < U; ++u) {
+      const __m256 scale = _mm256_load_ps(w.scale.data + unit_col(w, g + u, b));
+      QP_UNROLL for (int r = 0; r < R; ++r)
+        acc[r][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][u]), _mm256_mul_ps(scale, _mm256_set1_ps(sa[r][b])),
+                                    acc[r][u]);
+    }
+  }
+  QP_UNROLL for (int u = 0; u < U; ++u)
+    QP_UNROLL for (int r = 0; r < R; ++r) store_unit(w, g + u, y + (m + r) * ldy + (g + u) * kUnit, acc[r][u]);
+}
+
+// Rows [m, m+R) x units [g, g+U) of the float GEMM.
+template <int R, int U>
+void float_block(const PackedWeights& w, const ActRows& a, int64_t m, int64_t g, float* y, int64_t ldy) {
+  constexpr int P = R * U >= 4 ? 1 : R * U >= 2 ? 2 : 4;  // partial sums: enough FMA chains
+  const __m256 lut_lo = _mm256_loadu_ps(w.lut_f), lut_hi = _mm256_loadu_ps(w.lut_f + 8);
+  const bool zs = w.zshift.size != 0;
+  const float* x[R];
+  const float* asum[R];
+  QP_UNROLL for (int r = 0; r < R; ++r) {
+    x[r] = a.a.data() + (m + r) * a.K32;
+    asum[r] = a.asum.data() + (m + r) * a.nb;
+  }
+  __m256 acc[R][U];
+  QP_UNROLL for (int r = 0; r < R; ++r) QP_UNROLL for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
+
+  for (int64_t b = 0; b < w.nb; ++b) {
+    __m256 part[R][U][P];
+    QP_UNROLL for (int r = 0; r < R; ++r) QP_UNROLL for (int u = 0; u < U; ++u) QP_UNROLL for (int p = 0; p < P; ++p)
+      part[r][u][p] = _mm256_setzero_ps();
+    QP_UNROLL for (int l = 0; l < 4; ++l) {
+      QP_UNROLL for (int u = 0; u < U; ++u) {
+        const __m256i quad =
+            _mm256_load_si256(reinterpret_cast<const __m256i*>(unit_codes(w, g + u, b) + 64 * l));
+        // Nibble n of each lane is the code of element 4l+n/2 (+16 if n is odd). vpermps reads the
+        // low 3 index bits; bit 3 (moved to the sign bit) picks the lut half with vblendvps.
+        QP_UNROLL for (int n = 0; n < 8; ++n) {
+          const int e = (n & 1) * 16 + 4 * l + n / 2;
+          const __m256i idx = _mm256_srli_epi32(quad, 4 * n);
+          const __m256 wv = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lut_lo, idx), _mm256_permutevar8x32_ps(lut_hi, idx),
+                                             _mm256_castsi256_ps(_mm256_slli_epi32(quad, 28 - 4 * n)));
+          QP_UNROLL for (int r = 0; r < R; ++r) {
+            __m256& s = part[r][u][(l * 8 + n) % P];
+            s = _mm256_fmadd_ps(wv, _mm256_set1_ps(x[r][b * kBlock + e]), s);
+          }
+        }
+      }
+    }
+    QP_UNROLL for (int u = 0; u < U; ++u) {
+      const int64_t at = unit_col(w, g + u, b);
+      const __m256 scale = _mm256_load_ps(w.scale.data + at);
+      const __m256 z = zs ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.zshift.data + at))))
+                          : _mm256_setzero_ps();
+      QP_UNROLL for (int r = 0; r < R; ++r) {
+        __m256 s = part[r][u][0];
+        QP_UNROLL for (int p = 1; p < P; ++p) s = _mm256_add_ps(s, part[r][u][p]);
+        if (zs) s = _mm256_fnmadd_ps(z, _mm256_set1_ps(asum[r][b]), s);
+        acc[r][u] = _mm256_fmadd_ps(scale, s, acc[r][u]);
+      }
+    }
+  }
+  QP_UNROLL for (int u = 0; u < U; ++u)
+    QP_UNROLL for (int r = 0; r < R; ++r) store_unit(w, g + u, y + (m + r) * ldy + (g + u) * kUnit, acc[r][u]);
+}
+
+template <bool Float, int R, int U>
+inline void block(const PackedWeights& w, const ActRows& a, int64_t m, int64_t g, float* y, int64_t ldy) {
+  if constexpr (Float)
+    float_block<R, U>(w, a, m, g, y, ldy);
+  else
+    int_block<R, U>(w, a, m, g, y, ldy);
+}
+
+// Loop order: unit group, row group of 4 (then the 1..3 row tail), block (inside the block kernels).
+template <bool Float, int U>
+void rows(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t g, float* y, int64_t ldy) {
+  int64_t m = m0;
+  for (; m + 4 <= m1; m += 4) block<Float, 4, U>(w, a, m, g, y, ldy);
+  switch (m1 - m) {
+    case 3: block<Float, 3, U>(w, a, m, g, y, ldy); break;
+    case 2: block<Float, 2, U>(w, a, m, g, y, ldy); break;
+    case 1: block<Float, 1, U>(w, a, m, g, y, ldy); break;
+    default: break;
+  }
+}
+
+template <bool Float>
+void gemm(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t t0, int64_t t1, float* y,
+          int64_t ldy) {
+  if (m1 - m0 < 4 && !Float)  // decode: both halves of a tile per pass
+    for (int64_t g = 2 * t0; g < 2 * t1; g += 2) rows<Float, 2>(w, a, m0, m1, g, y, ldy);
+  else
+    for (int64_t g = 2 * t0; g < 2 * t1; ++g) rows<Float, 1>(w, a, m0, m1, g, y, ldy);
+}
+
+void epilogue(float* y, const float* bias, const float* t, const float* R, int64_t rank, int64_t ldr, int64_t n0,
+              int64_t n1) {
+  int64_t n = n0;
+  for (; n + 32 <= n1; n += 32) {  // 4 independent FMA chains over the rank
+    __m256 s[4];
+    QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = bias ? _mm256_loadu_ps(bias + n + 8 * v) : _mm256_setzero_ps();
+    for (int64_t r = 0; r < rank; ++r) {
+      const __m256 tr = _mm256_set1_ps(t[r]);
+      QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = _mm256_fmadd_ps(tr, _mm256_loadu_ps(R + r * ldr + n + 8 * v), s[v]);
+    }
+    QP_UNROLL for (int v = 0; v < 4; ++v)
+      _mm256_storeu_ps(y + n + 8 * v, _mm256_add_ps(_mm256_loadu_ps(y + n + 8 * v), s[v]));
+  }
+  for (; n + 8 <= n1; n += 8) {
+    __m256 s = bias ? _mm256_loadu_ps(bias + n) : _mm256_setzero_ps();
+    for (int64_t r = 0; r < rank; ++r) s = _mm256_fmadd_ps(_mm256_set1_ps(t[r]), _mm256_loadu_ps(R + r * ldr + n), s);
+    _mm256_storeu_ps(y + n, _mm256_add_ps(_mm256_loadu_ps(y + n), s));
+  }
+  for (; n < n1; ++n) {  // scalar tail
+    float s = bias ? bias[n] : 0.f;
+    for (int64_t r = 0; r < rank; ++r) s += t[r] * R[r * ldr + n];
+    y[n] += s;
+  }
+}
+
+const Isa kAvx2 = {"avx2", gemm<false>, gemm<true>, epilogue};
+
+}  // namespace
+
+const Isa* isa_avx2() { return &kAvx2; }
+
+}  // namespace qpasses
+
+#else
+
+namespace qpasses {
+const Isa* isa_avx2() { return nullptr; }
+}  // namespace qpasses
+
+#endif

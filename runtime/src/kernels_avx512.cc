@@ -1,0 +1,219 @@
+// AVX-512 (F/BW/VL/DQ) + VNNI kernels; semantics are those of kernels_scalar.cc (see kernel.h).
+//
+// One zmm lane per column: a 64-byte quad holds 4 consecutive codes of each of the 16 columns of a
+// tile (low nibbles) and 4 more (high nibbles), so a u8 x s8 vpdpbusd against 4 broadcast
+// activation bytes adds 4 products into each column's int32 sum with no horizontal reduction.
+// The kernels are templated on the number of rows R (1..4) that share every loaded and unpacked
+// weight vector: prefill reuses each one for 4 rows.
+#include "kernel.h"
+
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+
+#include <immintrin.h>
+
+#include <cstring>
+
+#define QP_UNROLL _Pragma("GCC unroll 16")
+
+namespace qpasses {
+namespace {
+
+constexpr int kPrefetch = 16 * kTileBytes;  // decode prefetch distance (bytes ahead in the code stream)
+
+inline int32_t load4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Columns of tile t that exist (N need not be a multiple of 16).
+inline __mmask16 column_mask(const PackedWeights& w, int64_t t) {
+  const int64_t left = w.N - t * kTile;
+  return left >= kTile ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+}
+
+// Rows [m, m+R) x tile t of the integer GEMM. Ident: lut_u is the identity (INT4), skip the lookup.
+template <int R, bool Ident>
+void int_rows(const PackedWeights& w, const ActRows& a, int64_t m, int64_t t, float* y, int64_t ldy) {
+  // Few rows: split each column sum into a low-nibble and a high-nibble chain so that vpdpbusd
+  // latency overlaps; 4 rows give 4 independent chains already.
+  constexpr int S = R < 4 ? 2 : 1;
+  const int64_t nb = w.nb;
+  const uint8_t* codes = w.codes.data + t * nb * kTileBytes;  // the tile's records, one per block
+  const float* scale = w.scale.data + t * nb * kTile;
+  const int8_t* zshift = w.zshift.size ? w.zshift.data + t * nb * kTile : nullptr;
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.lut_u)));
+  const __m512i base = _mm512_set1_epi32(w.base_offset);
+  const int8_t* q[R];
+  const float* sa[R];
+  const int32_t* qsum[R];
+  __m512 acc[R];
+  QP_UNROLL for (int r = 0; r < R; ++r) {
+    q[r] = a.q.data() + (m + r) * a.K32;
+    sa[r] = a.sa.data() + (m + r) * a.nb;
+    qsum[r] = a.qsum.data() + (m + r) * a.nb;
+    acc[r] = _mm512_setzero_ps();
+  }
+
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* rec = codes + b * kTileBytes;
+    // Decode streams the weights from DRAM; the tile's records are contiguous and the next tile
+    // follows, so prefetching a fixed distance ahead keeps enough lines in flight.
+    if (R < 4) QP_UNROLL for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(rec + kPrefetch + 64 * l), _MM_HINT_T0);
+    // Start each sum at -offset * qsum so the identity's correction costs no extra instruction.
+    __m512i isum[R][S];
+    const __m512i off =
+        zshift ? _mm512_add_epi32(base, _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(zshift + b * kTile))))
+               : base;
+    QP_UNROLL for (int r = 0; r < R; ++r) {
+      isum[r][0] = zshift ? _mm512_mullo_epi32(off, _mm512_set1_epi32(-qsum[r][b]))
+                          : _mm512_set1_epi32(-w.base_offset * qsum[r][b]);
+      if (S == 2) isum[r][1] = _mm512_setzero_si512();
+    }
+    QP_UNROLL for (int l = 0; l < 4; ++l) {
+      const __m512i x = _mm512_load_si512(rec + 64 * l);
+      __m512i wlo = _mm512_and_si512(x, nib), whi = _mm512_and_si512(_mm512_srli_epi16(x, 4), nib);
+      if (!Ident) {
+        wlo = _mm512_shuffle_epi8(lut, wlo);
+        whi = _mm512_shuffle_epi8(lut, whi);
+      }
+      QP_UNROLL for (int r = 0; r < R; ++r) {
+        const int8_t* qb = q[r] + b * kBlock + 4 * l;
+        isum[r][0] = _mm512_dpbusd_epi32(isum[r][0], wlo, _mm512_set1_epi32(load4(qb)));
+        isum[r][S - 1] = _mm512_dpbusd_epi32(isum[r][S - 1], whi, _mm512_set1_epi32(load4(qb + 16)));
+      }
+    }
+    const __m512 sc = _mm512_load_ps(scale + b * kTile);
+    QP_UNROLL for (int r = 0; r < R; ++r) {
+      const __m512i s = S == 2 ? _mm512_add_epi32(isum[r][0], isum[r][1]) : isum[r][0];
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(sc, _mm512_set1_ps(sa[r][b])), acc[r]);
+    }
+  }
+  const __mmask16 k = column_mask(w, t);
+  QP_UNROLL for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(y + (m + r) * ldy + t * kTile, k, acc[r]);
+}
+
+// Rows [m, m+R) x tile t of the float GEMM.
+template <int R>
+void float_rows(const PackedWeights& w, const ActRows& a, int64_t m, int64_t t, float* y, int64_t ldy) {
+  constexpr int P = R >= 4 ? 2 : 4;  // partial sums per row: >= 8 FMA chains in flight
+  const int64_t nb = w.nb;
+  const uint8_t* codes = w.codes.data + t * nb * kTileBytes;
+  const float* scale = w.scale.data + t * nb * kTile;
+  const int8_t* zshift = w.zshift.size ? w.zshift.data + t * nb * kTile : nullptr;
+  const __m512 lut = _mm512_loadu_ps(w.lut_f);
+  const float* x[R];
+  const float* asum[R];
+  __m512 acc[R];
+  QP_UNROLL for (int r = 0; r < R; ++r) {
+    x[r] = a.a.data() + (m + r) * a.K32;
+    asum[r] = a.asum.data() + (m + r) * a.nb;
+    acc[r] = _mm512_setzero_ps();
+  }
+
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* rec = codes + b * kTileBytes;
+    if (R < 4) QP_UNROLL for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(rec + kPrefetch + 64 * l), _MM_HINT_T0);
+    __m512 part[R][P];
+    QP_UNROLL for (int r = 0; r < R; ++r) QP_UNROLL for (int p = 0; p < P; ++p) part[r][p] = _mm512_setzero_ps();
+    QP_UNROLL for (int l = 0; l < 4; ++l) {
+      const __m512i quad = _mm512_load_si512(rec + 64 * l);
+      // Nibble n of each lane is the code of element 4l+n/2 (+16 if n is odd); vpermps reads only
+      // the low 4 index bits, so a shift selects the code without masking.
+      QP_UNROLL for (int n = 0; n < 8; ++n) {
+        const int e = (n & 1) * 16 + 4 * l + n / 2;
+        const __m512 wv = _mm512_permutexvar_ps(_mm512_srli_epi32(quad, 4 * n), lut);
+        QP_UNROLL for (int r = 0; r < R; ++r) {
+          __m512& s = part[r][(l * 8 + n) % P];
+          s = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[r][b * kBlock + e]), s);
+        }
+      }
+    }
+    const __m512 sc = _mm512_load_ps(scale + b * kTile);
+    const __m512 z = zshift ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                  _mm_load_si128(reinterpret_cast<const __m128i*>(zshift + b * kTile))))
+                            : _mm512_setzero_ps();
+    QP_UNROLL for (int r = 0; r < R; ++r) {
+      __m512 s = part[r][0];
+      QP_UNROLL for (int p = 1; p < P; ++p) s = _mm512_add_ps(s, part[r][p]);
+      if (zshift) s = _mm512_fnmadd_ps(z, _mm512_set1_ps(asum[r][b]), s);
+      acc[r] = _mm512_fmadd_ps(sc, s, acc[r]);
+    }
+  }
+  const __mmask16 k = column_mask(w, t);
+  QP_UNROLL for (int r = 0; r < R; ++r) _mm512_mask_storeu_ps(y + (m + r) * ldy + t * kTile, k, acc[r]);
+}
+
+enum Kind { kIntLut, kIntIdent, kFloat };
+
+template <Kind kind, int R>
+inline void rows(const PackedWeights& w, const ActRows& a, int64_t m, int64_t t, float* y, int64_t ldy) {
+  if constexpr (kind == kFloat)
+    float_rows<R>(w, a, m, t, y, ldy);
+  else
+    int_rows<R, kind == kIntIdent>(w, a, m, t, y, ldy);
+}
+
+// Loop order: tile, row group of 4 (then the 1..3 row tail), block (inside the row kernels). One
+// tile at a time keeps the weight stream sequential, which matters more at decode than pairing
+// tiles for extra dependency chains.
+template <Kind kind>
+void gemm(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t t0, int64_t t1, float* y,
+          int64_t ldy) {
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t m = m0;
+    for (; m + 4 <= m1; m += 4) rows<kind, 4>(w, a, m, t, y, ldy);
+    switch (m1 - m) {
+      case 3: rows<kind, 3>(w, a, m, t, y, ldy); break;
+      case 2: rows<kind, 2>(w, a, m, t, y, ldy); break;
+      case 1: rows<kind, 1>(w, a, m, t, y, ldy); break;
+      default: break;
+    }
+  }
+}
+
+void gemm_int(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t t0, int64_t t1, float* y,
+              int64_t ldy) {
+  bool ident = true;
+  for (int c = 0; c < 16; ++c) ident = ident && w.lut_u[c] == c;
+  (ident ? gemm<kIntIdent> : gemm<kIntLut>)(w, a, m0, m1, t0, t1, y, ldy);
+}
+
+void epilogue(float* y, const float* bias, const float* t, const float* R, int64_t rank, int64_t ldr, int64_t n0,
+              int64_t n1) {
+  int64_t n = n0;
+  for (; n + 64 <= n1; n += 64) {  // 4 independent FMA chains over the rank
+    __m512 s[4];
+    QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = bias ? _mm512_loadu_ps(bias + n + 16 * v) : _mm512_setzero_ps();
+    for (int64_t r = 0; r < rank; ++r) {
+      const __m512 tr = _mm512_set1_ps(t[r]);
+      QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = _mm512_fmadd_ps(tr, _mm512_loadu_ps(R + r * ldr + n + 16 * v), s[v]);
+    }
+    QP_UNROLL for (int v = 0; v < 4; ++v)
+      _mm512_storeu_ps(y + n + 16 * v, _mm512_add_ps(_mm512_loadu_ps(y + n + 16 * v), s[v]));
+  }
+  for (; n < n1; n += 16) {  // masked tail
+    const __mmask16 k = n1 - n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n1 - n)) - 1);
+    __m512 s = bias ? _mm512_maskz_loadu_ps(k, bias + n) : _mm512_setzero_ps();
+    for (int64_t r = 0; r < rank; ++r)
+      s = _mm512_fmadd_ps(_mm512_set1_ps(t[r]), _mm512_maskz_loadu_ps(k, R + r * ldr + n), s);
+    _mm512_mask_storeu_ps(y + n, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + n), s));
+  }
+}
+
+const Isa kAvx512 = {"avx512", gemm_int, gemm<kFloat>, epilogue};
+
+}  // namespace
+
+const Isa* isa_avx512() { return &kAvx512; }
+
+}  // namespace qpasses
+
+#else
+
+namespace qpasses {
+const Isa* isa_avx512() { return nullptr; }
+}  // namespace qpasses
+
+#endif
