@@ -1,6 +1,6 @@
 """Recipes are data: a TOML file naming an ordered list of passes with their settings.
 
-    description = "INT4 weight-only RTN, symmetric, group 128, lowered to MatMulNBits"
+    description = "INT4 weight-only RTN, symmetric, group 128, lowered to our runtime op"
     ignore = ["lm_head"]                 # glob patterns on site names kept in float
 
     [[pass]]
@@ -10,7 +10,7 @@
 
     [[pass]]
     name = "lower_linears"
-    target = "matmulnbits"
+    target = "qpasses"                 # or "matmulnbits" / "qdq": stock onnxruntime only
 
     [[override]]                         # per-site settings of one pass
     match = ["*.v_proj"]

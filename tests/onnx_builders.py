@@ -59,12 +59,14 @@ def run_ort(model: ir.Model, feeds: dict, optimization: str = "basic") -> np.nda
     import onnxruntime as ort
 
     from qpasses.ir.fx_ops import DOMAIN  # noqa: F401  (the qpasses schema must be registered to serialize)
+    from qpasses.runtime import library_path
 
     so = ort.SessionOptions()
     so.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                                    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
     so.intra_op_num_threads = 1
+    so.register_custom_ops_library(str(library_path()))
     sess = ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)[0]
 

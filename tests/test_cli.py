@@ -127,12 +127,12 @@ def test_bert_style_encoder_gets_weight_only_rtn(tmp_path, capsys):
     r = report(out)
     assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g32": 7}  # q, k, v, attention out, intermediate, output, pooler
     # the pooler does not feed the exported output (last_hidden_state): the ONNX graph has 6 linears
-    assert r["passes"][-1]["rewrites"] == {"matmulnbits.int.nk": 6}
+    assert r["passes"][-1]["rewrites"] == {"qpasses.matmul.nk": 6}
 
 
 @pytest.mark.slow
 def test_smollm2_end_to_end(tmp_path):
-    """The real model, 2 windows: the deployed MatMulNBits file computes what stage A computed."""
+    """The real model, 2 windows: the deployed file (our runtime ops) computes what stage A computed."""
     out = tmp_path / "smollm2"
     assert main(["run", "--eval-windows", "2", "--out", str(out), "--no-progress"]) == 0
     r = report(out)

@@ -1,11 +1,14 @@
 """lower_linears: replace every planned linear (and embedding lookup) by its quantized form (stage B).
 
-target "matmulnbits": INT4/INT8 → com.microsoft.MatMulNBits (int8-per-32 activation quantization
-fuses into accuracy_level 4); target "qdq": INT → DequantizeLinear (opset 21, blocked) + MatMul.
-MXFP4 → standard-op decode + MatMul under both targets. A Gather of a planned INT table →
-GatherBlockQuantized (sharing bytes with a tied lm_head). Any QuantizeActivation left over is
-expanded into standard ops. Legality postcondition: no planned site and no QuantizeActivation
-survives, and every packed weight decodes to exactly the codes of its plan.
+target "qpasses" (default): INT4 and MXFP4 → our runtime's qpasses.MatMulInt4 / MatMulMXFP4, with the
+activation quantization in front fused into the op (INT8 weights → MatMulNBits). target
+"matmulnbits": INT4/INT8 → com.microsoft.MatMulNBits (int8-per-32 activation quantization fuses into
+accuracy_level 4); target "qdq": INT → DequantizeLinear (opset 21, blocked) + MatMul. Under those two
+stock-ORT targets MXFP4 → standard-op decode + MatMul (for users who cannot load custom ops).
+A Gather of a planned table → GatherBlockQuantized (INT) or a decode of the gathered MXFP4 rows,
+sharing bytes with a tied lm_head. Any
+QuantizeActivation left over is expanded into standard ops. Legality postcondition: no planned site
+and no QuantizeActivation survives, and every packed weight decodes to exactly the codes of its plan.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
 from qpasses.errors import LoweringError, PostconditionError
 from qpasses.evaluate.session import QDQ_MATMULNBITS_ACCURACY_LEVEL
-from qpasses.formats import QuantizedWeight, unpack_matmulnbits, unpack_mxfp4
+from qpasses.formats import QuantizedWeight, unpack_mxfp4
+from qpasses.formats.packing import unpack_int_blocked
 from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.passes.base import Pass
 from qpasses.rules.expand_quant_act import expand_rules
@@ -27,13 +31,14 @@ from qpasses.rules.explain import explain
 from qpasses.rules.lower_gather import gather_rules
 from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
+from qpasses.rules.lower_runtime import runtime_rules
 
-TARGETS = ("matmulnbits", "qdq")
+TARGETS = ("qpasses", "matmulnbits", "qdq")
 
 
 @dataclass(frozen=True)
 class Settings:
-    target: str = "matmulnbits"
+    target: str = "qpasses"
     accuracy_level: int = 0  # MatMulNBits accuracy level for linears with float activations
 
     def __post_init__(self):
@@ -44,7 +49,7 @@ class Settings:
 
 
 def stored_codes(model, name: str, q) -> QuantizedWeight | None:
-    """Decode the packed bytes the lowering stored for weight `name` (MatMulNBits or MXFP4 layout)."""
+    """Decode the packed bytes the lowering stored for weight `name` (MatMulNBits / MatMulInt4 or MXFP4 layout)."""
     inits = model.graph.initializers
     b, scales = inits.get(f"{name}.qweight"), inits.get(f"{name}.qscales")
     if b is None or scales is None or b.const_value.dtype != ir.DataType.UINT8:
@@ -54,7 +59,7 @@ def stored_codes(model, name: str, q) -> QuantizedWeight | None:
     zeros = inits.get(f"{name}.qzeros")
     packed = {"B": b.const_value.numpy(), "scales": scales.const_value.numpy(),
               "zero_points": None if zeros is None else zeros.const_value.numpy()}
-    return unpack_matmulnbits(packed, q.fmt, q.shape)
+    return unpack_int_blocked(packed, q.fmt, q.shape)
 
 
 def same_codes(a: QuantizedWeight, b: QuantizedWeight) -> bool:
@@ -73,11 +78,9 @@ class LowerLinears(Pass):
 
     def rules(self, ctx) -> list:
         plan = ctx.quantized
-        if self.settings.target == "matmulnbits":
-            ints = matmulnbits_rules(plan=plan, accuracy_level=self.settings.accuracy_level)
-        else:
-            ints = qdq_rules(plan=plan)
-        return ints + mxfp4_std_rules(plan=plan) + gather_rules(plan) + expand_rules()
+        nbits = matmulnbits_rules(plan=plan, accuracy_level=self.settings.accuracy_level)
+        ints = {"qpasses": runtime_rules(plan=plan) + nbits, "matmulnbits": nbits, "qdq": qdq_rules(plan=plan)}
+        return ints[self.settings.target] + mxfp4_std_rules(plan=plan) + gather_rules(plan) + expand_rules()
 
     def run(self, graph, ctx):
         per_graph = {}
@@ -106,8 +109,7 @@ class LowerLinears(Pass):
             why = "; ".join(explain(graph.models[_graph_name(graph, use.graph)], self.rules(ctx), use.node))
             raise PostconditionError(f"{len(left)} planned linear(s) were not lowered, e.g. {left[0].name}: "
                                      f"{why or 'no rule pattern matched it'}")
-        tables = [t.name for t in graph.embedding_sites()  # tables GatherBlockQuantized can read must be lowered
-                  if t.weight_name in planned and planned[t.weight_name].fmt.kind in ("int4", "int8")]
+        tables = [t.name for t in graph.embedding_sites() if t.weight_name in planned]
         if tables:
             raise PostconditionError(f"embedding table(s) {tables} were planned but not lowered")
         for gname, model in graph.models.items():

@@ -1,7 +1,7 @@
 """quantize_embeddings: round-to-nearest quantization of embedding tables, snapped onto the grid.
 
 Identity relied on: as for quantize_weights, Ŵ = dequant(quant(W)) is on the grid, so the
-lowering (GatherBlockQuantized) reproduces the snapped table exactly. A table tied to the
+lowering (GatherBlockQuantized, or the MXFP4 row decode) reproduces the snapped table exactly. A table tied to the
 lm_head is one tensor: if the lm_head was already quantized, its codes are kept (not
 re-quantized) and the lowering shares their bytes between the gather and the matmul.
 Stages: fx and onnx.
@@ -21,13 +21,13 @@ from qpasses.passes.quantize_weights import snap
 
 @dataclass(frozen=True)
 class Settings:
-    format: str = "int4"  # int4 | int8: what GatherBlockQuantized reads
+    format: str = "int4"  # int4 | int8 (GatherBlockQuantized reads them) | mxfp4 (a decode of the gathered rows)
     block_size: int = 32
 
     def __post_init__(self):
         fmt = self.weight_format()
-        if fmt.kind not in ("int4", "int8") or not fmt.block_size:
-            raise ValueError("embeddings take int4 or int8 with a block size of 16, 32, 64, 128 or 256")
+        if fmt.kind not in ("int4", "int8", "mxfp4") or not fmt.block_size:
+            raise ValueError("embeddings take int4 or int8 with a block size of 16, 32, 64, 128 or 256, or mxfp4")
 
     def weight_format(self) -> WeightFormat:
         return WeightFormat(self.format, self.block_size, True)

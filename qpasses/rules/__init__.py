@@ -17,5 +17,6 @@ from qpasses.rules.expand_quant_act import expand_rules
 from qpasses.rules.lower_gather import gather_rules
 from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
+from qpasses.rules.lower_runtime import runtime_rules
 
-__all__ = ["expand_rules", "gather_rules", "matmulnbits_rules", "mxfp4_std_rules", "qdq_rules"]
+__all__ = ["expand_rules", "gather_rules", "matmulnbits_rules", "mxfp4_std_rules", "qdq_rules", "runtime_rules"]

@@ -1,9 +1,11 @@
-"""Lower an embedding lookup of a quantized table to com.microsoft.GatherBlockQuantized.
+"""Lower an embedding lookup of a quantized table, keeping the table packed.
 
-Gather(W, ids) == Reshape(GatherBlockQuantized(codes, ids, s), [..., K]) because each row of W
-is s · (code − zp) per block along the row. The packed codes [V, nblocks, block·bits/8] are the
-exact bytes MatMulNBits reads, so a tied lm_head and the embedding share one initializer
-(only the small scales exist twice, in the two shapes the two ops demand).
+int4 / int8: Gather(W, ids) == Reshape(GatherBlockQuantized(codes, ids, s), [..., K]) because each row
+             of W is s · (code − zp) per block along the row.
+mxfp4:       Gather(W, ids) == decode(Gather(B, ids), Gather(E, ids)): gathering packed rows commutes
+             with the per-row decode, so only the looked-up rows are ever decoded.
+The packed codes are the exact bytes the lm_head's matmul reads (MatMulNBits / MatMulInt4 /
+MatMulMXFP4), so a tied lm_head and the embedding share one initializer.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import numpy as np
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
-from qpasses.formats import dequantize_weight, pack_matmulnbits
+from qpasses.formats import dequantize_weight, pack_matmulnbits, pack_mxfp4
 from qpasses.rules.base import fail, init
-from qpasses.rules.lower_mxfp4_std import const
+from qpasses.rules.lower_mxfp4_std import decode_mxfp4, flatten_rows
 
 MS_DOMAIN = "com.microsoft"
 
 
-class ToGatherBlockQuantized(RewriteRuleClassBase):
-    def __init__(self, plan: dict):
-        super().__init__("gather.block_quantized")
+class GatherRule(RewriteRuleClassBase):
+    """Gather(table, ids) on axis 0 of a planned constant table; subclasses lower the rows."""
+
+    def __init__(self, name: str, plan: dict):
+        super().__init__(name)
         self.plan = plan
 
     def pattern(self, op, w, ids):
@@ -35,28 +39,54 @@ class ToGatherBlockQuantized(RewriteRuleClassBase):
         q = self.plan.get(w.name)
         if q is None:
             return fail(f"{w.name} has no quantization plan (kept in float)", w)
-        block = q.codes.shape[2]
-        if q.fmt.kind not in ("int4", "int8") or not q.fmt.symmetric or block < 16 or block & (block - 1):
-            return fail(f"{w.name}: GatherBlockQuantized takes symmetric INT4/INT8 with power-of-two blocks, not {q.fmt}", w)
+        why = self.unsupported(q)
+        if why:
+            return fail(f"{w.name}: {why}", w)
         if not np.array_equal(w.const_value.numpy(), dequantize_weight(q)):
             return fail(f"{w.name} differs from the dequantized codes of its plan", w)
         return MatchResult()
 
+    def unsupported(self, q) -> str:
+        """Why this rule cannot lower the plan q ("" if it can)."""
+        raise NotImplementedError
+
     def rewrite(self, op, w, ids, **_):
         q = self.plan[w.name]
-        v, k = q.shape
         nb, block = q.codes.shape[1:]
-        packed = pack_matmulnbits(q)
-        data = init(op, f"{w.name}.qweight", packed["B"], near=w)
+        return flatten_rows(op, self.rows(op, w, ids, q), op.Shape(ids), nb * block, q.shape[1])
+
+
+class ToGatherBlockQuantized(GatherRule):
+    def __init__(self, plan: dict):
+        super().__init__("gather.block_quantized", plan)
+
+    def unsupported(self, q) -> str:
+        block = q.codes.shape[2]
+        if q.fmt.kind not in ("int4", "int8") or not q.fmt.symmetric or block < 16 or block & (block - 1):
+            return f"GatherBlockQuantized takes symmetric INT4/INT8 with power-of-two blocks, not {q.fmt}"
+        return ""
+
+    def rows(self, op, w, ids, q):
+        v, nb = q.scales.shape
+        data = init(op, f"{w.name}.qweight", pack_matmulnbits(q)["B"], near=w)
         scales = init(op, f"{w.name}.qscales_rows", q.scales.reshape(v, nb, 1).astype(np.float32))
-        rows = op.GatherBlockQuantized(data, ids, scales, _domain=MS_DOMAIN, bits=q.fmt.bits, block_size=block,
-                                       quantize_axis=2, gather_axis=0)
-        i64 = np.int64
-        flat = op.Reshape(rows, op.Concat(op.Shape(ids), const(op, [nb * block], i64), axis=0))
-        if nb * block == k:
-            return flat
-        return op.Slice(flat, const(op, [0], i64), const(op, [k], i64), const(op, [-1], i64))
+        return op.GatherBlockQuantized(data, ids, scales, _domain=MS_DOMAIN, bits=q.fmt.bits,
+                                       block_size=q.codes.shape[2], quantize_axis=2, gather_axis=0)
+
+
+class ToMxfp4GatherDecode(GatherRule):
+    def __init__(self, plan: dict):
+        super().__init__("gather.mxfp4", plan)
+
+    def unsupported(self, q) -> str:
+        return "" if q.fmt.kind == "mxfp4" else f"this rule gathers MXFP4 tables, not {q.fmt.kind}"
+
+    def rows(self, op, w, ids, q):
+        b, e = pack_mxfp4(q)
+        packed = init(op, f"{w.name}.qweight", b, near=w)
+        scales = init(op, f"{w.name}.qscales", e, near=w)
+        return decode_mxfp4(op, op.Gather(packed, ids, axis=0), op.Gather(scales, ids, axis=0))
 
 
 def gather_rules(plan: dict) -> list:
-    return [ToGatherBlockQuantized.rule(plan)]
+    return [ToGatherBlockQuantized.rule(plan), ToMxfp4GatherDecode.rule(plan)]

@@ -50,7 +50,8 @@ struct PackedWeights {
   Aligned<uint8_t> codes;   // ntiles * nb * 256
   Aligned<float> scale;     // ntiles * nb * 16
   Aligned<int8_t> zshift;   // empty, or ntiles * nb * 16
-  uint8_t lut_u[16] = {};   // integer weight value + base_offset, in 0..24 (u8 operand of u8 x s8 dots)
+  uint8_t lut_u[16] = {};   // integer weight value + base_offset, in 0..24 (u8 operand of u8 x s8 dots;
+                            // the AVX2 path sums two products in int16, so it must stay <= 63)
   float lut_f[16] = {};     // lut_u - base_offset
   int base_offset = 0;      // 12 for MXFP4 (lut_u = 2*e2m1 + 12), 8 for INT4 (lut_u = code)
 };

@@ -5,7 +5,7 @@
 // Integer dot: vpmaddubsw (u8 lut_u values x s8 codes) gives int16 pair sums, the low- and
 // high-nibble pairs of one quad are added in int16 (<= 2 * 2 * 24 * 128, no overflow), and
 // vpmaddwd with ones widens each lane's 4 pairs into its int32 column sum.
-// The kernels are templated on R rows x U units sharing every loaded/unpacked weight vector.
+// The kernels are templated on R rows (x U units) sharing every loaded and unpacked weight vector.
 #include "kernel.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -19,13 +19,26 @@
 namespace qpasses {
 namespace {
 
-constexpr int kUnit = 8;                    // columns per ymm
-constexpr int kPrefetch = 16 * kTileBytes;  // decode prefetch distance (bytes ahead in the code stream)
+constexpr int kUnit = 8;  // columns per ymm
+
+// Decode streams the weights from DRAM. A tile's records are contiguous and the next tile follows,
+// so fetching a fixed distance ahead (16 records) keeps enough lines in flight.
+constexpr int kPrefetch = 16 * kTileBytes;
+
+inline void prefetch_ahead(const uint8_t* rec) {
+  QP_UNROLL for (int l = 0; l < 4; ++l)
+    _mm_prefetch(reinterpret_cast<const char*>(rec + kPrefetch + 64 * l), _MM_HINT_T0);
+}
 
 inline int32_t load4(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return v;
+}
+
+// 8 zshift values (one unit), as int32.
+inline __m256i load_zshift(const int8_t* z) {
+  return _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(z)));
 }
 
 // Unit g is half g%2 of tile g/2. Its codes in block b: 32 bytes at this offset in each quad.
@@ -44,13 +57,13 @@ inline void store_unit(const PackedWeights& w, int64_t g, float* dst, __m256 v) 
   if (left >= kUnit) {
     _mm256_storeu_ps(dst, v);
   } else if (left > 0) {
-    const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    _mm256_maskstore_ps(dst, keep, v);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_maskstore_ps(dst, _mm256_cmpgt_epi32(_mm256_set1_epi32(int(left)), lane), v);
   }
 }
 
-// Rows [m, m+R) x units [g, g+U) of the integer GEMM.
-template <int R, int U>
+// Rows [m, m+R) x units [g, g+U) of the integer GEMM. Ident: lut_u is the identity (INT4), no lookup.
+template <int R, int U, bool Ident>
 void int_block(const PackedWeights& w, const ActRows& a, int64_t m, int64_t g, float* y, int64_t ldy) {
   const __m256i nib = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
@@ -66,28 +79,26 @@ void int_block(const PackedWeights& w, const ActRows& a, int64_t m, int64_t g, f
     qsum[r] = a.qsum.data() + (m + r) * a.nb;
   }
   __m256 acc[R][U];
-  QP_UNROLL for (int r = 0; r < R; ++r) QP_UNROLL for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
+  QP_UNROLL for (int r = 0; r < R; ++r)
+    QP_UNROLL for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
 
   for (int64_t b = 0; b < w.nb; ++b) {
-    // Decode streams the weights from DRAM: prefetch a fixed distance ahead in the code stream
-    // (a tile's records are contiguous and the next tile follows).
-    if (R < 4 && U == 2) QP_UNROLL for (int l = 0; l < 4; ++l)
-      _mm_prefetch(reinterpret_cast<const char*>(unit_codes(w, g, b) + kPrefetch + 64 * l), _MM_HINT_T0);
+    if (U == 2) prefetch_ahead(unit_codes(w, g, b));  // whole records: the decode stream
     __m256i isum[R][U];  // starts at -offset * qsum (the identity's correction)
     QP_UNROLL for (int u = 0; u < U; ++u) {
-      const int8_t* z = zs ? w.zshift.data + unit_col(w, g + u, b) : nullptr;
-      const __m256i off =
-          zs ? _mm256_add_epi32(base, _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(z)))) : base;
+      const __m256i off = zs ? _mm256_add_epi32(base, load_zshift(w.zshift.data + unit_col(w, g + u, b))) : base;
       QP_UNROLL for (int r = 0; r < R; ++r)
         isum[r][u] = zs ? _mm256_mullo_epi32(off, _mm256_set1_epi32(-qsum[r][b]))
                         : _mm256_set1_epi32(-w.base_offset * qsum[r][b]);
     }
     QP_UNROLL for (int l = 0; l < 4; ++l) {
       QP_UNROLL for (int u = 0; u < U; ++u) {
-        const __m256i x =
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(unit_codes(w, g + u, b) + 64 * l));
-        const __m256i wlo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, nib));
-        const __m256i whi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), nib));
+        const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(unit_codes(w, g + u, b) + 64 * l));
+        __m256i wlo = _mm256_and_si256(x, nib), whi = _mm256_and_si256(_mm256_srli_epi16(x, 4), nib);
+        if (!Ident) {
+          wlo = _mm256_shuffle_epi8(lut, wlo);
+          whi = _mm256_shuffle_epi8(lut, whi);
+        }
         QP_UNROLL for (int r = 0; r < R; ++r) {
           const int8_t* qb = q[r] + b * kBlock + 4 * l;
           const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(wlo, _mm256_set1_epi32(load4(qb))),
@@ -98,98 +109,103 @@ void int_block(const PackedWeights& w, const ActRows& a, int64_t m, int64_t g, f
     }
     QP_UNROLL for (int u = 0; u < U; ++u) {
       const __m256 scale = _mm256_load_ps(w.scale.data + unit_col(w, g + u, b));
-      QP_UNROLL for (int r = 0; r < R; ++r)
-        acc[r][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][u]), _mm256_mul_ps(scale, _mm256_set1_ps(sa[r][b])),
-                                    acc[r][u]);
+      QP_UNROLL for (int r = 0; r < R; ++r) {
+        const __m256 s = _mm256_mul_ps(scale, _mm256_set1_ps(sa[r][b]));
+        acc[r][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][u]), s, acc[r][u]);
+      }
     }
   }
   QP_UNROLL for (int u = 0; u < U; ++u)
     QP_UNROLL for (int r = 0; r < R; ++r) store_unit(w, g + u, y + (m + r) * ldy + (g + u) * kUnit, acc[r][u]);
 }
 
-// Rows [m, m+R) x units [g, g+U) of the float GEMM.
-template <int R, int U>
+// Rows [m, m+R) x unit g of the float GEMM.
+template <int R>
 void float_block(const PackedWeights& w, const ActRows& a, int64_t m, int64_t g, float* y, int64_t ldy) {
-  constexpr int P = R * U >= 4 ? 1 : R * U >= 2 ? 2 : 4;  // partial sums: enough FMA chains
+  constexpr int P = R >= 4 ? 1 : R >= 2 ? 2 : 4;  // partial sums per row: >= 4 FMA chains
   const __m256 lut_lo = _mm256_loadu_ps(w.lut_f), lut_hi = _mm256_loadu_ps(w.lut_f + 8);
   const bool zs = w.zshift.size != 0;
   const float* x[R];
   const float* asum[R];
+  __m256 acc[R];
   QP_UNROLL for (int r = 0; r < R; ++r) {
     x[r] = a.a.data() + (m + r) * a.K32;
     asum[r] = a.asum.data() + (m + r) * a.nb;
+    acc[r] = _mm256_setzero_ps();
   }
-  __m256 acc[R][U];
-  QP_UNROLL for (int r = 0; r < R; ++r) QP_UNROLL for (int u = 0; u < U; ++u) acc[r][u] = _mm256_setzero_ps();
 
   for (int64_t b = 0; b < w.nb; ++b) {
-    __m256 part[R][U][P];
-    QP_UNROLL for (int r = 0; r < R; ++r) QP_UNROLL for (int u = 0; u < U; ++u) QP_UNROLL for (int p = 0; p < P; ++p)
-      part[r][u][p] = _mm256_setzero_ps();
+    __m256 part[R][P];
+    QP_UNROLL for (int r = 0; r < R; ++r)
+      QP_UNROLL for (int p = 0; p < P; ++p) part[r][p] = _mm256_setzero_ps();
     QP_UNROLL for (int l = 0; l < 4; ++l) {
-      QP_UNROLL for (int u = 0; u < U; ++u) {
-        const __m256i quad =
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(unit_codes(w, g + u, b) + 64 * l));
-        // Nibble n of each lane is the code of element 4l+n/2 (+16 if n is odd). vpermps reads the
-        // low 3 index bits; bit 3 (moved to the sign bit) picks the lut half with vblendvps.
-        QP_UNROLL for (int n = 0; n < 8; ++n) {
-          const int e = (n & 1) * 16 + 4 * l + n / 2;
-          const __m256i idx = _mm256_srli_epi32(quad, 4 * n);
-          const __m256 wv = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lut_lo, idx), _mm256_permutevar8x32_ps(lut_hi, idx),
-                                             _mm256_castsi256_ps(_mm256_slli_epi32(quad, 28 - 4 * n)));
-          QP_UNROLL for (int r = 0; r < R; ++r) {
-            __m256& s = part[r][u][(l * 8 + n) % P];
-            s = _mm256_fmadd_ps(wv, _mm256_set1_ps(x[r][b * kBlock + e]), s);
-          }
+      const __m256i quad = _mm256_load_si256(reinterpret_cast<const __m256i*>(unit_codes(w, g, b) + 64 * l));
+      // Nibble n of each lane is the code of element 4l+n/2 (+16 if n is odd). vpermps reads the
+      // low 3 index bits; bit 3 (shifted to the sign bit) picks the lut half with vblendvps.
+      QP_UNROLL for (int n = 0; n < 8; ++n) {
+        const int e = (n & 1) * 16 + 4 * l + n / 2;
+        const __m256i idx = _mm256_srli_epi32(quad, 4 * n);
+        const __m256 wv =
+            _mm256_blendv_ps(_mm256_permutevar8x32_ps(lut_lo, idx), _mm256_permutevar8x32_ps(lut_hi, idx),
+                             _mm256_castsi256_ps(_mm256_slli_epi32(quad, 28 - 4 * n)));
+        QP_UNROLL for (int r = 0; r < R; ++r) {
+          __m256& s = part[r][(l * 8 + n) % P];
+          s = _mm256_fmadd_ps(wv, _mm256_set1_ps(x[r][b * kBlock + e]), s);
         }
       }
     }
-    QP_UNROLL for (int u = 0; u < U; ++u) {
-      const int64_t at = unit_col(w, g + u, b);
-      const __m256 scale = _mm256_load_ps(w.scale.data + at);
-      const __m256 z = zs ? _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.zshift.data + at))))
-                          : _mm256_setzero_ps();
-      QP_UNROLL for (int r = 0; r < R; ++r) {
-        __m256 s = part[r][u][0];
-        QP_UNROLL for (int p = 1; p < P; ++p) s = _mm256_add_ps(s, part[r][u][p]);
-        if (zs) s = _mm256_fnmadd_ps(z, _mm256_set1_ps(asum[r][b]), s);
-        acc[r][u] = _mm256_fmadd_ps(scale, s, acc[r][u]);
-      }
+    const int64_t col = unit_col(w, g, b);
+    const __m256 scale = _mm256_load_ps(w.scale.data + col);
+    const __m256 z = zs ? _mm256_cvtepi32_ps(load_zshift(w.zshift.data + col)) : _mm256_setzero_ps();
+    QP_UNROLL for (int r = 0; r < R; ++r) {
+      __m256 s = part[r][0];
+      QP_UNROLL for (int p = 1; p < P; ++p) s = _mm256_add_ps(s, part[r][p]);
+      if (zs) s = _mm256_fnmadd_ps(z, _mm256_set1_ps(asum[r][b]), s);
+      acc[r] = _mm256_fmadd_ps(scale, s, acc[r]);
     }
   }
-  QP_UNROLL for (int u = 0; u < U; ++u)
-    QP_UNROLL for (int r = 0; r < R; ++r) store_unit(w, g + u, y + (m + r) * ldy + (g + u) * kUnit, acc[r][u]);
+  QP_UNROLL for (int r = 0; r < R; ++r) store_unit(w, g, y + (m + r) * ldy + g * kUnit, acc[r]);
 }
 
-template <bool Float, int R, int U>
-inline void block(const PackedWeights& w, const ActRows& a, int64_t m, int64_t g, float* y, int64_t ldy) {
-  if constexpr (Float)
-    float_block<R, U>(w, a, m, g, y, ldy);
-  else
-    int_block<R, U>(w, a, m, g, y, ldy);
-}
+enum Kind { kIntLut, kIntIdent, kFloat };
 
-// Loop order: unit group, row group of 4 (then the 1..3 row tail), block (inside the block kernels).
-template <bool Float, int U>
-void rows(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t g, float* y, int64_t ldy) {
-  int64_t m = m0;
-  for (; m + 4 <= m1; m += 4) block<Float, 4, U>(w, a, m, g, y, ldy);
-  switch (m1 - m) {
-    case 3: block<Float, 3, U>(w, a, m, g, y, ldy); break;
-    case 2: block<Float, 2, U>(w, a, m, g, y, ldy); break;
-    case 1: block<Float, 1, U>(w, a, m, g, y, ldy); break;
-    default: break;
+// Rows [m, m+R) x tile t. Integer decode (R < 4) reads whole records, one sequential stream;
+// otherwise the two halves are done one after the other (registers: R accumulator sets).
+template <Kind kind, int R>
+inline void tile_rows(const PackedWeights& w, const ActRows& a, int64_t m, int64_t t, float* y, int64_t ldy) {
+  if constexpr (kind != kFloat && R < 4) {
+    int_block<R, 2, kind == kIntIdent>(w, a, m, 2 * t, y, ldy);
+  } else {
+    for (int64_t g = 2 * t; g < 2 * t + 2; ++g) {
+      if constexpr (kind == kFloat)
+        float_block<R>(w, a, m, g, y, ldy);
+      else
+        int_block<R, 1, kind == kIntIdent>(w, a, m, g, y, ldy);
+    }
   }
 }
 
-template <bool Float>
+// Loop order: tile, row group of 4 (then the 1..3 row tail), block (inside the block kernels).
+template <Kind kind>
 void gemm(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t t0, int64_t t1, float* y,
           int64_t ldy) {
-  if (m1 - m0 < 4 && !Float)  // decode: both halves of a tile per pass
-    for (int64_t g = 2 * t0; g < 2 * t1; g += 2) rows<Float, 2>(w, a, m0, m1, g, y, ldy);
-  else
-    for (int64_t g = 2 * t0; g < 2 * t1; ++g) rows<Float, 1>(w, a, m0, m1, g, y, ldy);
+  for (int64_t t = t0; t < t1; ++t) {
+    int64_t m = m0;
+    for (; m + 4 <= m1; m += 4) tile_rows<kind, 4>(w, a, m, t, y, ldy);
+    switch (m1 - m) {
+      case 3: tile_rows<kind, 3>(w, a, m, t, y, ldy); break;
+      case 2: tile_rows<kind, 2>(w, a, m, t, y, ldy); break;
+      case 1: tile_rows<kind, 1>(w, a, m, t, y, ldy); break;
+      default: break;
+    }
+  }
+}
+
+void gemm_int(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t t0, int64_t t1, float* y,
+              int64_t ldy) {
+  bool ident = true;
+  for (int c = 0; c < 16; ++c) ident = ident && w.lut_u[c] == c;
+  (ident ? gemm<kIntIdent> : gemm<kIntLut>)(w, a, m0, m1, t0, t1, y, ldy);
 }
 
 void epilogue(float* y, const float* bias, const float* t, const float* R, int64_t rank, int64_t ldr, int64_t n0,
@@ -200,14 +216,16 @@ void epilogue(float* y, const float* bias, const float* t, const float* R, int64
     QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = bias ? _mm256_loadu_ps(bias + n + 8 * v) : _mm256_setzero_ps();
     for (int64_t r = 0; r < rank; ++r) {
       const __m256 tr = _mm256_set1_ps(t[r]);
-      QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = _mm256_fmadd_ps(tr, _mm256_loadu_ps(R + r * ldr + n + 8 * v), s[v]);
+      QP_UNROLL for (int v = 0; v < 4; ++v)
+        s[v] = _mm256_fmadd_ps(tr, _mm256_loadu_ps(R + r * ldr + n + 8 * v), s[v]);
     }
     QP_UNROLL for (int v = 0; v < 4; ++v)
       _mm256_storeu_ps(y + n + 8 * v, _mm256_add_ps(_mm256_loadu_ps(y + n + 8 * v), s[v]));
   }
   for (; n + 8 <= n1; n += 8) {
     __m256 s = bias ? _mm256_loadu_ps(bias + n) : _mm256_setzero_ps();
-    for (int64_t r = 0; r < rank; ++r) s = _mm256_fmadd_ps(_mm256_set1_ps(t[r]), _mm256_loadu_ps(R + r * ldr + n), s);
+    for (int64_t r = 0; r < rank; ++r)
+      s = _mm256_fmadd_ps(_mm256_set1_ps(t[r]), _mm256_loadu_ps(R + r * ldr + n), s);
     _mm256_storeu_ps(y + n, _mm256_add_ps(_mm256_loadu_ps(y + n), s));
   }
   for (; n < n1; ++n) {  // scalar tail
@@ -217,7 +235,7 @@ void epilogue(float* y, const float* bias, const float* t, const float* R, int64
   }
 }
 
-const Isa kAvx2 = {"avx2", gemm<false>, gemm<true>, epilogue};
+const Isa kAvx2 = {"avx2", gemm_int, gemm<kFloat>, epilogue};
 
 }  // namespace
 

@@ -9,6 +9,12 @@
 
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
 
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on _mm512_undefined_* (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include <immintrin.h>
 
 #include <cstring>
@@ -18,12 +24,24 @@
 namespace qpasses {
 namespace {
 
-constexpr int kPrefetch = 16 * kTileBytes;  // decode prefetch distance (bytes ahead in the code stream)
+// Decode streams the weights from DRAM. A tile's records are contiguous and the next tile follows,
+// so fetching a fixed distance ahead (16 records) keeps enough lines in flight.
+constexpr int kPrefetch = 16 * kTileBytes;
+
+inline void prefetch_ahead(const uint8_t* rec) {
+  QP_UNROLL for (int l = 0; l < 4; ++l)
+    _mm_prefetch(reinterpret_cast<const char*>(rec + kPrefetch + 64 * l), _MM_HINT_T0);
+}
 
 inline int32_t load4(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return v;
+}
+
+// The 16 zshift values of a (tile, block) record, as int32.
+inline __m512i load_zshift(const int8_t* z) {
+  return _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(z)));
 }
 
 // Columns of tile t that exist (N need not be a multiple of 16).
@@ -39,7 +57,7 @@ void int_rows(const PackedWeights& w, const ActRows& a, int64_t m, int64_t t, fl
   // latency overlaps; 4 rows give 4 independent chains already.
   constexpr int S = R < 4 ? 2 : 1;
   const int64_t nb = w.nb;
-  const uint8_t* codes = w.codes.data + t * nb * kTileBytes;  // the tile's records, one per block
+  const uint8_t* codes = w.codes.data + t * nb * kTileBytes;  // the tile's records, block by block
   const float* scale = w.scale.data + t * nb * kTile;
   const int8_t* zshift = w.zshift.size ? w.zshift.data + t * nb * kTile : nullptr;
   const __m512i nib = _mm512_set1_epi8(0x0F);
@@ -58,14 +76,10 @@ void int_rows(const PackedWeights& w, const ActRows& a, int64_t m, int64_t t, fl
 
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* rec = codes + b * kTileBytes;
-    // Decode streams the weights from DRAM; the tile's records are contiguous and the next tile
-    // follows, so prefetching a fixed distance ahead keeps enough lines in flight.
-    if (R < 4) QP_UNROLL for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(rec + kPrefetch + 64 * l), _MM_HINT_T0);
+    if (R < 4) prefetch_ahead(rec);
     // Start each sum at -offset * qsum so the identity's correction costs no extra instruction.
     __m512i isum[R][S];
-    const __m512i off =
-        zshift ? _mm512_add_epi32(base, _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(zshift + b * kTile))))
-               : base;
+    const __m512i off = zshift ? _mm512_add_epi32(base, load_zshift(zshift + b * kTile)) : base;
     QP_UNROLL for (int r = 0; r < R; ++r) {
       isum[r][0] = zshift ? _mm512_mullo_epi32(off, _mm512_set1_epi32(-qsum[r][b]))
                           : _mm512_set1_epi32(-w.base_offset * qsum[r][b]);
@@ -114,9 +128,10 @@ void float_rows(const PackedWeights& w, const ActRows& a, int64_t m, int64_t t, 
 
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* rec = codes + b * kTileBytes;
-    if (R < 4) QP_UNROLL for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(rec + kPrefetch + 64 * l), _MM_HINT_T0);
+    if (R < 4) prefetch_ahead(rec);
     __m512 part[R][P];
-    QP_UNROLL for (int r = 0; r < R; ++r) QP_UNROLL for (int p = 0; p < P; ++p) part[r][p] = _mm512_setzero_ps();
+    QP_UNROLL for (int r = 0; r < R; ++r)
+      QP_UNROLL for (int p = 0; p < P; ++p) part[r][p] = _mm512_setzero_ps();
     QP_UNROLL for (int l = 0; l < 4; ++l) {
       const __m512i quad = _mm512_load_si512(rec + 64 * l);
       // Nibble n of each lane is the code of element 4l+n/2 (+16 if n is odd); vpermps reads only
@@ -131,9 +146,7 @@ void float_rows(const PackedWeights& w, const ActRows& a, int64_t m, int64_t t, 
       }
     }
     const __m512 sc = _mm512_load_ps(scale + b * kTile);
-    const __m512 z = zshift ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-                                  _mm_load_si128(reinterpret_cast<const __m128i*>(zshift + b * kTile))))
-                            : _mm512_setzero_ps();
+    const __m512 z = zshift ? _mm512_cvtepi32_ps(load_zshift(zshift + b * kTile)) : _mm512_setzero_ps();
     QP_UNROLL for (int r = 0; r < R; ++r) {
       __m512 s = part[r][0];
       QP_UNROLL for (int p = 1; p < P; ++p) s = _mm512_add_ps(s, part[r][p]);
@@ -188,7 +201,8 @@ void epilogue(float* y, const float* bias, const float* t, const float* R, int64
     QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = bias ? _mm512_loadu_ps(bias + n + 16 * v) : _mm512_setzero_ps();
     for (int64_t r = 0; r < rank; ++r) {
       const __m512 tr = _mm512_set1_ps(t[r]);
-      QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = _mm512_fmadd_ps(tr, _mm512_loadu_ps(R + r * ldr + n + 16 * v), s[v]);
+      QP_UNROLL for (int v = 0; v < 4; ++v)
+        s[v] = _mm512_fmadd_ps(tr, _mm512_loadu_ps(R + r * ldr + n + 16 * v), s[v]);
     }
     QP_UNROLL for (int v = 0; v < 4; ++v)
       _mm512_storeu_ps(y + n + 16 * v, _mm512_add_ps(_mm512_loadu_ps(y + n + 16 * v), s[v]));

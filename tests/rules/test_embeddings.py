@@ -1,5 +1,5 @@
 """Embedding quantization: GatherBlockQuantized rebuilds the snapped table exactly, and a tied
-lm_head's MatMulNBits reads the very same packed initializer."""
+lm_head's MatMulNBits (or MatMulInt4) reads the very same packed initializer."""
 
 import numpy as np
 import pytest
@@ -31,17 +31,32 @@ def test_embedding_alone(fmt, hidden):
     np.testing.assert_allclose(run_ort(model, {"ids": IDS}), before, rtol=1e-5, atol=1e-5)
 
 
-def test_tied_lm_head_and_embedding_share_one_packed_initializer():
+@pytest.mark.parametrize("target, op", [("matmulnbits", "MatMulNBits"), ("qpasses", "MatMulInt4")])
+def test_tied_lm_head_and_embedding_share_one_packed_initializer(target, op):
     model, _ = tied_embedding_model(64, 96)
     stage, ctx = OnnxStage({"logits": model}), Context()
     QuantizeWeights(format="int4", block_size=32).run(stage, ctx)
     assert QuantizeEmbeddings(format="int4", block_size=32).run(stage, ctx) == {"embedding.tied": 1}
     before = run_ort(model, {"ids": IDS})
-    LowerLinears(target="matmulnbits").run(stage, ctx)
+    LowerLinears(target=target).run(stage, ctx)
     gbq = next(n for n in model.graph if n.op_type == "GatherBlockQuantized")
-    mnb = next(n for n in model.graph if n.op_type == "MatMulNBits")
+    mnb = next(n for n in model.graph if n.op_type == op)
     assert gbq.inputs[0] is mnb.inputs[1]
     assert not model.graph.initializers["embed.weight"].uses()  # the fp32 table is no longer read
+    np.testing.assert_allclose(run_ort(model, {"ids": IDS}), before, rtol=1e-5, atol=1e-5)
+
+
+def test_mxfp4_table_gathers_packed_rows_shared_with_the_lm_head():
+    model, _ = tied_embedding_model(64, 80)  # 80: a ragged last block
+    stage, ctx = OnnxStage({"logits": model}), Context()
+    assert QuantizeEmbeddings(format="mxfp4").run(stage, ctx) == {"embedding.mxfp4_g32": 1}
+    before = run_ort(model, {"ids": IDS})
+    lower = LowerLinears(target="qpasses")
+    assert lower.run(stage, ctx) == {"qpasses.matmul.nk": 1, "gather.mxfp4": 1}
+    lower.ensures(stage, ctx)
+    head = next(n for n in model.graph if n.op_type == "MatMulMXFP4")
+    gathers = [n for n in model.graph if n.op_type == "Gather" and n.inputs[0] in (head.inputs[1], head.inputs[2])]
+    assert len(gathers) == 2  # nibbles and exponents, the very initializers the lm_head reads
     np.testing.assert_allclose(run_ort(model, {"ids": IDS}), before, rtol=1e-5, atol=1e-5)
 
 

@@ -48,6 +48,12 @@ CASES = [
     ({"format": "int4", "block_size": 64, "symmetric": False}, "qdq", "DequantizeLinear"),
     ({"format": "int4", "block_size": 0}, "qdq", "DequantizeLinear"),
     ({"format": "mxfp4"}, "matmulnbits", "Gather"),
+    ({"format": "int4", "block_size": 32}, "qpasses", "MatMulInt4"),
+    ({"format": "int4", "block_size": 128}, "qpasses", "MatMulInt4"),
+    ({"format": "int4", "block_size": 32, "symmetric": False}, "qpasses", "MatMulInt4"),
+    ({"format": "int4", "block_size": 0}, "qpasses", "MatMulInt4"),
+    ({"format": "int8", "block_size": 32}, "qpasses", "MatMulNBits"),  # our ops are 4-bit: stock fallback
+    ({"format": "mxfp4"}, "qpasses", "MatMulMXFP4"),
 ]
 
 
@@ -93,6 +99,23 @@ def test_w4a8_fuses_activation_quantization_into_accuracy_level_4():
     (q,) = ctx.quantized.values()
     expected = fake_quant_activation_np(x, ActFormat("int8", 32)) @ dequantize_weight(q).T
     np.testing.assert_allclose(run_ort(model, {"x": x}, "all"), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("wfmt", [{"format": "int4", "block_size": 32}, {"format": "int4", "block_size": 0},
+                                  {"format": "mxfp4"}])
+@pytest.mark.parametrize("afmt", [ActFormat("int8", 32), ActFormat("int8", 0), ActFormat("int4", 32),
+                                  ActFormat("int4", 0), ActFormat("mxfp4", 32)], ids=str)
+def test_runtime_ops_fuse_every_activation_format(wfmt, afmt):
+    k = 160
+    model, stage, ctx = quantized_stage(k, 48, wfmt, layouts=("nk", "gemm_bias"))
+    QuantizeActivations(format=afmt.kind, block_size=afmt.block_size).run(stage, ctx)
+    x = RNG.standard_normal((2, 3, k)).astype(np.float32)
+    bias = model.graph.initializers["bias1"].const_value.numpy()
+    expected = sum(fake_quant_activation_np(x, afmt) @ dequantize_weight(q).T for q in ctx.quantized.values()) + bias
+    counts = LowerLinears(target="qpasses").run(stage, ctx)
+    assert counts == {"qpasses.matmul_act.nk": 1, "qpasses.matmul_act.gemm_bias": 1}
+    assert ops(model)[QUANT_ACT] == 0
+    np.testing.assert_allclose(run_ort(model, {"x": x}), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_mismatched_activation_format_is_not_fused_but_expanded():
