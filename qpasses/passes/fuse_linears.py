@@ -1,0 +1,112 @@
+"""fuse_linears: sibling runtime matmuls that read the same input become one op (q/k/v, gate/up).
+
+Identity relied on: [x·W₁ᵀ | x·W₂ᵀ | …] = x·[W₁; W₂; …]ᵀ, and the packed rows of W (nibbles,
+scales, zero points) are independent per output row, so concatenating them along N and splitting
+the output along its last axis gives the same values, bit for bit (our kernels compute each
+column on its own). Fewer, wider nodes cut the per-node cost that dominates a decode step.
+Siblings fuse when they are the same op with the same attributes but N, have constant weights
+and no bias, low-rank or sign inputs. Stage: onnx, after lower_linears.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from qpasses.errors import PostconditionError
+from qpasses.passes.base import Pass
+from qpasses.runtime import DOMAIN
+from qpasses.runtime.ops import OPS
+
+WEIGHT_INPUTS = {"MatMulMXFP4": 3, "MatMulInt4": 4}  # A and the packed weight inputs come first
+
+
+@dataclass(frozen=True)
+class Settings:
+    pass
+
+
+def _key(node: ir.Node):
+    """Nodes with equal keys are siblings that can fuse; None if this node cannot."""
+    if node.domain != DOMAIN or node.op_type not in OPS:
+        return None
+    weights = node.inputs[1:WEIGHT_INPUTS[node.op_type]]
+    if any(v is not None and v.const_value is None for v in weights):
+        return None
+    if any(v is not None for v in node.inputs[WEIGHT_INPUTS[node.op_type]:]):
+        return None  # bias, L, R, D: not fused (yet)
+    attrs = tuple(sorted((k, a.value) for k, a in node.attributes.items() if k != "N"))
+    present = tuple(v is not None for v in weights)
+    return id(node.inputs[0]), node.op_type, attrs, present
+
+
+def _siblings(graph: ir.Graph) -> list[list[ir.Node]]:
+    groups: dict = defaultdict(list)
+    for node in graph:
+        key = _key(node)
+        if key is not None:
+            groups[key].append(node)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _concat(graph: ir.Graph, values: list[ir.Value]) -> ir.Value:
+    """One initializer holding the given constant initializers stacked along axis 0 (rows = N)."""
+    name = "+".join(v.name for v in values)
+    if name in graph.initializers:
+        return graph.initializers[name]
+    data = np.concatenate([v.const_value.numpy() for v in values], axis=0)
+    value = ir.Value(name=name, shape=ir.Shape(data.shape), type=ir.TensorType(values[0].dtype),
+                     const_value=ir.Tensor(data, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _fuse(graph: ir.Graph, group: list[ir.Node]) -> None:
+    first = group[0]
+    nw = WEIGHT_INPUTS[first.op_type]
+    inputs = [first.inputs[0]] + [None if first.inputs[i] is None else _concat(graph, [n.inputs[i] for n in group])
+                                  for i in range(1, nw)]
+    sizes = [n.attributes["N"].value for n in group]
+    attrs = [a for k, a in first.attributes.items() if k != "N"] + [ir.AttrInt64("N", sum(sizes))]
+    fused = ir.Node(DOMAIN, first.op_type, inputs, attributes=attrs, name=f"{first.name}.fused{len(group)}")
+    split_sizes = ir.Value(name=f"{fused.name}.split", const_value=ir.tensor(np.array(sizes, np.int64)))
+    graph.register_initializer(split_sizes)
+    split = ir.Node("", "Split", [fused.outputs[0], split_sizes], attributes=[ir.AttrInt64("axis", -1)],
+                    num_outputs=len(group), name=f"{fused.name}.split")
+    graph.insert_before(first, [fused, split])
+    for node, out in zip(group, split.outputs):
+        old = node.outputs[0]
+        name, old.name = old.name, None
+        out.name, out.shape, out.type = name, old.shape, old.type
+        old.replace_all_uses_with(out, replace_graph_outputs=True)
+    old_weights = {n.inputs[i] for n in group for i in range(1, nw)} - {None}
+    graph.remove(group, safe=True)
+    for value in old_weights:
+        if not value.uses() and value.name in graph.initializers:
+            graph.initializers.pop(value.name)
+
+
+class FuseLinears(Pass):
+    name = "fuse_linears"
+    stages = ("onnx",)
+    expects_rewrites = False  # a model may have no siblings
+    Settings = Settings
+
+    def run(self, graph, ctx):
+        per_graph = {}
+        for gname, model in graph.models.items():
+            counts: Counter[str] = Counter()
+            for group in _siblings(model.graph):
+                _fuse(model.graph, group)
+                counts[f"fuse.{group[0].op_type}x{len(group)}"] += 1
+            per_graph[gname] = dict(counts)
+        return next(iter(per_graph.values()), {})
+
+    def ensures(self, graph, ctx):
+        for gname, model in graph.models.items():
+            if _siblings(model.graph):
+                raise PostconditionError(f"fusable sibling matmuls remain in the {gname} graph")
+
