@@ -42,8 +42,12 @@ def test_run_writes_the_deployment_and_a_complete_report(int4_run):
     assert r["eval_tokens"] == 2 * 511
     assert r["ppl_quant"] == pytest.approx(r["ppl_stage_a"], rel=1e-4)
     assert r["ppl_stage_a"] != pytest.approx(r["ppl_fp"], rel=1e-6)  # quantization did something
-    assert [p["name"] for p in r["passes"]] == ["quantize_weights", "export_onnx", "lower_linears"]
-    assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g128": 14}  # 2 layers x 7 linears; lm_head ignored
+    assert [p["name"] for p in r["passes"]] == ["quantize_weights", "export_onnx", "lower_linears", "fuse_linears",
+                                                "fuse_norms", "fuse_attention"]
+    rewrites = [p["rewrites"] for p in r["passes"]]
+    assert rewrites[0] == {"rtn.int4_sym_g128": 14}  # 2 layers x 7 linears; lm_head ignored
+    assert rewrites[3:] == [{"fuse.MatMulInt4x3": 2, "fuse.MatMulInt4x2": 2},  # q/k/v and gate/up per layer
+                            {"fuse.skip_rms_norm": 4}, {"fuse.group_query_attention": 2}]
 
 
 def test_eval_json_matches_the_report(int4_run, text, capsys):
@@ -127,7 +131,7 @@ def test_bert_style_encoder_gets_weight_only_rtn(tmp_path, capsys):
     r = report(out)
     assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g32": 7}  # q, k, v, attention out, intermediate, output, pooler
     # the pooler does not feed the exported output (last_hidden_state): the ONNX graph has 6 linears
-    assert r["passes"][-1]["rewrites"] == {"qpasses.matmul.nk": 6}
+    assert next(p for p in r["passes"] if p["name"] == "lower_linears")["rewrites"] == {"qpasses.matmul.nk": 6}
 
 
 @pytest.mark.slow

@@ -29,6 +29,11 @@ class Settings:
     pass
 
 
+def _input(node: ir.Node, i: int) -> ir.Value | None:
+    """Input i, or None when omitted (trailing optional inputs may be absent from the list)."""
+    return node.inputs[i] if i < len(node.inputs) else None
+
+
 def _key(node: ir.Node):
     """Nodes with equal keys are siblings that can fuse; None if this node cannot."""
     if node.domain != DOMAIN or node.op_type not in OPS:
@@ -67,7 +72,7 @@ def _concat(graph: ir.Graph, values: list[ir.Value]) -> ir.Value:
 def _fuse(graph: ir.Graph, group: list[ir.Node]) -> None:
     first = group[0]
     nw = WEIGHT_INPUTS[first.op_type]
-    inputs = [first.inputs[0]] + [None if first.inputs[i] is None else _concat(graph, [n.inputs[i] for n in group])
+    inputs = [first.inputs[0]] + [None if _input(first, i) is None else _concat(graph, [n.inputs[i] for n in group])
                                   for i in range(1, nw)]
     sizes = [n.attributes["N"].value for n in group]
     attrs = [a for k, a in first.attributes.items() if k != "N"] + [ir.AttrInt64("N", sum(sizes))]
@@ -82,7 +87,7 @@ def _fuse(graph: ir.Graph, group: list[ir.Node]) -> None:
         name, old.name = old.name, None
         out.name, out.shape, out.type = name, old.shape, old.type
         old.replace_all_uses_with(out, replace_graph_outputs=True)
-    old_weights = {n.inputs[i] for n in group for i in range(1, nw)} - {None}
+    old_weights = {_input(n, i) for n in group for i in range(1, nw)} - {None}
     graph.remove(group, safe=True)
     for value in old_weights:
         if not value.uses() and value.name in graph.initializers:

@@ -11,7 +11,11 @@ import pytest
 from qpasses.export.capture import capture
 from qpasses.export.deploy import finalize, save_deployment
 from qpasses.export.onnx_export import OnnxModels, to_onnx
+from qpasses.ir.onnx_stage import OnnxStage
 from qpasses.models.tiny import build_byte_tokenizer, build_tiny_llama
+from qpasses.passes.base import Context
+from qpasses.passes.fuse_attention import FuseAttention
+from qpasses.passes.fuse_norms import FuseNorms
 
 METADATA = {"qpasses.recipe": "test", "qpasses.note": "tiny"}
 
@@ -38,6 +42,25 @@ def deployed(onnx_models, tmp_path_factory):
     finalize(models.logits)
     finalize(models.decoder)
     out = tmp_path_factory.mktemp("deploy") / "tiny"
+    save_deployment(models, out, build_byte_tokenizer(), METADATA)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fused(onnx_models):
+    """Copies of the exported graphs after fuse_norms and fuse_attention, with the rewrite counts."""
+    models = OnnxModels(*(ir.from_proto(ir.to_proto(m)) for m in (onnx_models.logits, onnx_models.decoder)))
+    stage, ctx = OnnxStage({"logits": models.logits, "decoder": models.decoder}), Context()
+    counts = {**FuseNorms().run(stage, ctx), **FuseAttention(max_positions=64).run(stage, ctx)}
+    return models, counts
+
+
+@pytest.fixture(scope="session")
+def fused_deployed(fused, tmp_path_factory):
+    models = OnnxModels(*(ir.from_proto(ir.to_proto(m)) for m in (fused[0].logits, fused[0].decoder)))
+    finalize(models.logits)
+    finalize(models.decoder)
+    out = tmp_path_factory.mktemp("fused") / "tiny"
     save_deployment(models, out, build_byte_tokenizer(), METADATA)
     return out
 

@@ -54,7 +54,12 @@ def test_graphs_load_with_metadata_and_external_weights(deployed):
         assert isinstance(table, ir.ExternalTensor) and table.shape == (512, 64)
 
 
-def test_onnxruntime_logits_match_torch_with_a_left_padded_row(deployed, programs, ort_session):
+FOLDERS = ["deployed", "fused_deployed"]  # as exported, and after the speed fusions (fuse_norms, fuse_attention)
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_onnxruntime_logits_match_torch_with_a_left_padded_row(folder, request, programs, ort_session):
+    deployed = request.getfixturevalue(folder)
     ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
@@ -67,7 +72,9 @@ def test_onnxruntime_logits_match_torch_with_a_left_padded_row(deployed, program
     np.testing.assert_allclose(out[real], expected[real], atol=1e-4, rtol=0)
 
 
-def test_greedy_decoding_with_the_kv_cache_matches_full_sequence_logits(deployed, tiny, ort_session):
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_greedy_decoding_with_the_kv_cache_matches_full_sequence_logits(folder, request, tiny, ort_session):
+    deployed = request.getfixturevalue(folder)
     step = ort_session(deployed / "decoder_model.onnx")
     past_names = [i.name for i in step.get_inputs() if i.name.startswith("past_key_values.")]
     kv_shape = step.get_inputs()[3].shape  # [batch_size, kv_heads, past_sequence_length, head_dim]

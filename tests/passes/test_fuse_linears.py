@@ -14,7 +14,8 @@ from qpasses.passes.quantize_activations import QuantizeActivations
 from qpasses.passes.quantize_weights import QuantizeWeights
 
 
-@pytest.mark.parametrize("wfmt", [{"format": "mxfp4"}, {"format": "int4", "block_size": 32, "symmetric": False}])
+@pytest.mark.parametrize("wfmt", [{"format": "mxfp4"}, {"format": "int4", "block_size": 32},
+                                  {"format": "int4", "block_size": 32, "symmetric": False}])
 @pytest.mark.parametrize("act", [None, ("int8", 32)])
 def test_siblings_fuse_into_one_op_with_identical_outputs(wfmt, act):
     model, _ = linear_model(96, 40, layouts=("nk", "nk", "kn"))  # three linears of one input, like q/k/v

@@ -1,0 +1,41 @@
+"""fuse_norms: residual add + RMSNorm -> one SkipSimplifiedLayerNormalization (rules/fuse_norms.py).
+
+Identity relied on: stated by the rule; the fused kernel agrees to float rounding. Dead nodes left
+behind are removed. Stage: onnx. Zero rewrites is allowed (models without RMSNorm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
+
+from qpasses.errors import LoweringError
+from qpasses.export.deploy import finalize
+from qpasses.passes.base import Pass
+from qpasses.rules.fuse_norms import norm_rules
+
+
+@dataclass(frozen=True)
+class Settings:
+    pass
+
+
+class FuseNorms(Pass):
+    name = "fuse_norms"
+    stages = ("onnx",)
+    expects_rewrites = False
+    Settings = Settings
+
+    def run(self, graph, ctx):
+        counts = {}
+        for gname, model in graph.models.items():
+            finalize(model)  # fold the exporter's shape arithmetic and no-op nodes first (deployment does anyway)
+            n = RewriteRuleSet(norm_rules()).apply_to_model(model)
+            RemoveUnusedNodesPass()(model)
+            counts[gname] = {"fuse.skip_rms_norm": n} if n else {}
+        first = next(iter(counts.values()), {})
+        if any(c != first for c in counts.values()):
+            raise LoweringError(f"the graphs fused different numbers of norms: {counts}")
+        return first
