@@ -7,6 +7,7 @@
 // vpmaddwd with ones widens each lane's 4 pairs into its int32 column sum.
 // The kernels are templated on R rows (x U units) sharing every loaded and unpacked weight vector.
 #include "kernel.h"
+#include "kernel_loops.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 
@@ -189,23 +190,14 @@ inline void tile_rows(const PackedWeights& w, const ActRows& a, int64_t m, int64
 template <Kind kind>
 void gemm(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t t0, int64_t t1, float* y,
           int64_t ldy) {
-  for (int64_t t = t0; t < t1; ++t) {
-    int64_t m = m0;
-    for (; m + 4 <= m1; m += 4) tile_rows<kind, 4>(w, a, m, t, y, ldy);
-    switch (m1 - m) {
-      case 3: tile_rows<kind, 3>(w, a, m, t, y, ldy); break;
-      case 2: tile_rows<kind, 2>(w, a, m, t, y, ldy); break;
-      case 1: tile_rows<kind, 1>(w, a, m, t, y, ldy); break;
-      default: break;
-    }
-  }
+  for_row_groups(m0, m1, t0, t1, [&](auto r, int64_t m, int64_t t) {
+    tile_rows<kind, decltype(r)::value>(w, a, m, t, y, ldy);
+  });
 }
 
 void gemm_int(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, int64_t t0, int64_t t1, float* y,
               int64_t ldy) {
-  bool ident = true;
-  for (int c = 0; c < 16; ++c) ident = ident && w.lut_u[c] == c;
-  (ident ? gemm<kIntIdent> : gemm<kIntLut>)(w, a, m0, m1, t0, t1, y, ldy);
+  (identity_lut(w) ? gemm<kIntIdent> : gemm<kIntLut>)(w, a, m0, m1, t0, t1, y, ldy);
 }
 
 void epilogue(float* y, const float* bias, const float* t, const float* R, int64_t rank, int64_t ldr, int64_t n0,
