@@ -17,34 +17,18 @@ inline int mx_exponent(float amax) {
 
 inline float pow2(int e) { return std::ldexp(1.0f, e); }
 
-// Nearest E2M1 magnitude of a >= 0, ties to even, saturating at 6 (steps 0.5 / 1 / 2).
-inline float e2m1_round(float a) {
-  const float step = a < 2.f ? 0.5f : (a < 4.f ? 1.f : 2.f);
-  return std::min(std::nearbyint(a / step) * step, 6.f);
-}
-
-// Codes and scale of one activation block x[0:n] (n <= 32 values; the rest of q stays 0).
-void quantize_block(ActFormat format, const float* x, int64_t n, float amax, int8_t* q, float* scale) {
+// Codes and scale of one activation block x[0:n] (the rest of q stays 0).
+void quantize_block(const Isa& isa, ActFormat format, const float* x, int64_t n, int8_t* q, float* scale) {
+  const float amax = isa.abs_max(x, n);
   if (format == ActFormat::kMXFP4) {
-    const float X = pow2(mx_exponent(amax));
-    for (int64_t i = 0; i < n; ++i) {
-      const float m = e2m1_round(std::fabs(x[i]) / X);
-      q[i] = int8_t((x[i] < 0 ? -2.f : 2.f) * m);  // 2 * E2M1 value, exact in int8
-    }
-    *scale = X * 0.5f;
+    const int e = mx_exponent(amax);
+    isa.quant_mx(x, n, pow2(-e), q);
+    *scale = pow2(e) * 0.5f;  // q holds twice the E2M1 value
     return;
   }
   const float qmax = format == ActFormat::kInt8 ? 127.f : 7.f;
-  const float inv = amax > 0 ? qmax / amax : 0.f;
-  for (int64_t i = 0; i < n; ++i)
-    q[i] = int8_t(std::min(qmax, std::max(-qmax - 1.f, std::nearbyint(x[i] * inv))));
+  isa.quant_int(x, n, amax > 0 ? qmax / amax : 0.f, qmax, q);
   *scale = amax / qmax;
-}
-
-float abs_max(const float* x, int64_t n) {
-  float m = 0.f;
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
-  return m;
 }
 
 }  // namespace
@@ -82,7 +66,7 @@ void shape_rows(ActRows& rows, int64_t M, int64_t nb, ActFormat format) {
   }
 }
 
-void quantize_row(const ActConfig& cfg, const float* x, ActRows& rows, int64_t m) {
+void quantize_row(const Isa& isa, const ActConfig& cfg, const float* x, ActRows& rows, int64_t m) {
   const int64_t K = cfg.K, nb = rows.nb, slot = cfg.split ? cfg.split : kBlock;
   // Slot b of the packed layout holds x[b*slot, b*slot + slot) (slot = 32, or the short INT4 block).
   if (cfg.format == ActFormat::kFloat) {
@@ -104,8 +88,7 @@ void quantize_row(const ActConfig& cfg, const float* x, ActRows& rows, int64_t m
   scales.assign(size_t(nq), 0.f);
   for (int64_t g = 0; g < nq; ++g) {
     const int64_t n = std::min(qblock, K - g * qblock);
-    quantize_block(cfg.format, x + g * qblock, n, abs_max(x + g * qblock, n), codes.data() + g * qblock,
-                   scales.data() + g);
+    quantize_block(isa, cfg.format, x + g * qblock, n, codes.data() + g * qblock, scales.data() + g);
   }
   int8_t* q = rows.q.data() + m * rows.K32;
   float* sa = rows.sa.data() + m * nb;

@@ -28,7 +28,7 @@ void rotate_row(float* x, int64_t K, const float* d, int64_t hadamard);
 // Allocate `rows` for M rows of K in the layout the packed weights expect (nb blocks of 32).
 void shape_rows(ActRows& rows, int64_t M, int64_t nb, ActFormat format);
 
-// Fill row m of `rows` from the rotated float row x (K values).
-void quantize_row(const ActConfig& cfg, const float* x, ActRows& rows, int64_t m);
+// Fill row m of `rows` from the rotated float row x (K values), with isa's quantization steps.
+void quantize_row(const Isa& isa, const ActConfig& cfg, const float* x, ActRows& rows, int64_t m);
 
 }  // namespace qpasses

@@ -77,11 +77,23 @@ using GemmFn = void (*)(const PackedWeights& w, const ActRows& a, int64_t m0, in
 using EpilogueFn = void (*)(float* y, const float* bias, const float* t, const float* R, int64_t rank,
                             int64_t ldr, int64_t n0, int64_t n1);
 
+// Activation quantization steps (activations.cc composes them). Each is exact elementwise float32
+// arithmetic, so every ISA returns the scalar bits:
+//   abs_max:   max_i |x[i]|
+//   quant_int: q[i] = clamp(rint(x[i] * inv), -qmax - 1, qmax)
+//   quant_mx:  q[i] = 2 * sign(x[i]) * E2M1_round(|x[i]| * inv)   (inv = 1/X, a power of two)
+using AbsMaxFn = float (*)(const float* x, int64_t n);
+using QuantIntFn = void (*)(const float* x, int64_t n, float inv, float qmax, int8_t* q);
+using QuantMxFn = void (*)(const float* x, int64_t n, float inv, int8_t* q);
+
 struct Isa {
   const char* name;
   GemmFn gemm_int;    // integer activations (act_bits 8 or 4)
   GemmFn gemm_float;  // float activations (act_bits 0)
   EpilogueFn epilogue;
+  AbsMaxFn abs_max;
+  QuantIntFn quant_int;
+  QuantMxFn quant_mx;
 };
 
 // One per ISA translation unit; avx2/avx512 return nullptr when compiled without support.

@@ -227,7 +227,62 @@ void epilogue(float* y, const float* bias, const float* t, const float* R, int64
   }
 }
 
-const Isa kAvx2 = {"avx2", gemm_int, gemm<kFloat>, epilogue};
+// Activation quantization (kernel.h): the same float32 operations as the scalar path, 8 lanes at a
+// time; the tail goes through a zero-padded copy so every lane computes the same way.
+inline __m256 load_tail(const float* x, int64_t left, float* pad) {
+  if (left >= 8) return _mm256_loadu_ps(x);
+  std::memset(pad, 0, 8 * sizeof(float));
+  std::memcpy(pad, x, size_t(left) * sizeof(float));
+  return _mm256_loadu_ps(pad);
+}
+
+inline void store_codes(__m256 r, int8_t* q, int64_t left) {
+  alignas(32) int32_t v[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(v), _mm256_cvtps_epi32(r));
+  for (int j = 0; j < 8 && j < left; ++j) q[j] = int8_t(v[j]);
+}
+
+inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), v); }
+
+float abs_max(const float* x, int64_t n) {
+  float pad[8];
+  __m256 m = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) m = _mm256_max_ps(m, abs_ps(load_tail(x + i, n - i, pad)));
+  alignas(32) float v[8];
+  _mm256_store_ps(v, m);
+  float r = 0.f;
+  for (float f : v) r = r > f ? r : f;
+  return r;
+}
+
+void quant_int(const float* x, int64_t n, float inv, float qmax, int8_t* q) {
+  const __m256 vinv = _mm256_set1_ps(inv), hi = _mm256_set1_ps(qmax), lo = _mm256_set1_ps(-qmax - 1.f);
+  float pad[8];
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 r = _mm256_round_ps(_mm256_mul_ps(load_tail(x + i, n - i, pad), vinv),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    store_codes(_mm256_min_ps(_mm256_max_ps(r, lo), hi), q + i, n - i);
+  }
+}
+
+void quant_mx(const float* x, int64_t n, float inv, int8_t* q) {
+  const __m256 vinv = _mm256_set1_ps(inv), two = _mm256_set1_ps(2.f), four = _mm256_set1_ps(4.f);
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), six = _mm256_set1_ps(6.f);
+  float pad[8];
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 v = load_tail(x + i, n - i, pad);
+    const __m256 a = _mm256_mul_ps(abs_ps(v), vinv);
+    const __m256 below2 = _mm256_cmp_ps(a, two, _CMP_LT_OQ), below4 = _mm256_cmp_ps(a, four, _CMP_LT_OQ);
+    const __m256 step = _mm256_blendv_ps(_mm256_blendv_ps(two, one, below4), half, below2);
+    const __m256 inv_step = _mm256_blendv_ps(_mm256_blendv_ps(half, one, below4), two, below2);
+    const __m256 m = _mm256_min_ps(_mm256_mul_ps(_mm256_round_ps(_mm256_mul_ps(a, inv_step),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), step), six);
+    const __m256 sign = _mm256_blendv_ps(two, _mm256_set1_ps(-2.f), _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+    store_codes(_mm256_mul_ps(m, sign), q + i, n - i);
+  }
+}
+
+const Isa kAvx2 = {"avx2", gemm_int, gemm<kFloat>, epilogue, abs_max, quant_int, quant_mx};
 
 }  // namespace
 

@@ -208,7 +208,44 @@ void epilogue(float* y, const float* bias, const float* t, const float* R, int64
   }
 }
 
-const Isa kAvx512 = {"avx512", gemm_int, gemm<kFloat>, epilogue};
+// Activation quantization (kernel.h): the same float32 operations as the scalar path, 16 lanes at a time.
+inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1); }
+
+float abs_max(const float* x, int64_t n) {
+  __m512 m = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail_mask(n - i), x + i)));
+  return _mm512_reduce_max_ps(m);
+}
+
+void quant_int(const float* x, int64_t n, float inv, float qmax, int8_t* q) {
+  const __m512 vinv = _mm512_set1_ps(inv), hi = _mm512_set1_ps(qmax), lo = _mm512_set1_ps(-qmax - 1.f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), vinv),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm512_mask_cvtepi32_storeu_epi8(q + i, k, _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi)));
+  }
+}
+
+void quant_mx(const float* x, int64_t n, float inv, int8_t* q) {
+  const __m512 vinv = _mm512_set1_ps(inv), two = _mm512_set1_ps(2.f), four = _mm512_set1_ps(4.f);
+  const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.f), six = _mm512_set1_ps(6.f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+    const __m512 a = _mm512_mul_ps(_mm512_abs_ps(v), vinv);
+    const __mmask16 below2 = _mm512_cmp_ps_mask(a, two, _CMP_LT_OQ), below4 = _mm512_cmp_ps_mask(a, four, _CMP_LT_OQ);
+    const __m512 step = _mm512_mask_blend_ps(below2, _mm512_mask_blend_ps(below4, two, one), half);
+    const __m512 inv_step = _mm512_mask_blend_ps(below2, _mm512_mask_blend_ps(below4, half, one), two);
+    const __m512 m = _mm512_min_ps(_mm512_mul_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, inv_step),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), step), six);
+    const __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 r = _mm512_mul_ps(m, _mm512_mask_blend_ps(neg, two, _mm512_set1_ps(-2.f)));
+    _mm512_mask_cvtepi32_storeu_epi8(q + i, k, _mm512_cvtps_epi32(r));
+  }
+}
+
+const Isa kAvx512 = {"avx512", gemm_int, gemm<kFloat>, epilogue, abs_max, quant_int, quant_mx};
 
 }  // namespace
 

@@ -1,4 +1,7 @@
 // Portable reference kernels: the semantics every SIMD path must reproduce (see kernel.h).
+#include <algorithm>
+#include <cmath>
+
 #include "kernel.h"
 
 namespace qpasses {
@@ -66,7 +69,26 @@ void epilogue(float* y, const float* bias, const float* t, const float* R, int64
   }
 }
 
-const Isa kScalar = {"scalar", gemm_int, gemm_float, epilogue};
+float abs_max(const float* x, int64_t n) {
+  float m = 0.f;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(x[i]));
+  return m;
+}
+
+void quant_int(const float* x, int64_t n, float inv, float qmax, int8_t* q) {
+  for (int64_t i = 0; i < n; ++i) q[i] = int8_t(std::min(qmax, std::max(-qmax - 1.f, std::nearbyint(x[i] * inv))));
+}
+
+void quant_mx(const float* x, int64_t n, float inv, int8_t* q) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]) * inv;
+    const float step = a < 2.f ? 0.5f : (a < 4.f ? 1.f : 2.f);  // E2M1 spacing: round half to even, saturate at 6
+    const float m = std::min(std::nearbyint(a * (1.f / step)) * step, 6.f);
+    q[i] = int8_t((x[i] < 0 ? -2.f : 2.f) * m);  // 2 * E2M1 value, exact in int8
+  }
+}
+
+const Isa kScalar = {"scalar", gemm_int, gemm_float, epilogue, abs_max, quant_int, quant_mx};
 
 }  // namespace
 

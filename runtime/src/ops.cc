@@ -127,7 +127,7 @@ void prepare(RowsTask& t, int64_t m) {
   if (rank && !c.lowrank_rotated) t.lr->project(x.data(), t.T.data() + m * rank);
   rotate_row(x.data(), c.K, t.D, c.act.hadamard);
   if (rank && c.lowrank_rotated) t.lr->project(x.data(), t.T.data() + m * rank);
-  quantize_row(c.act, x.data(), t.rows, m);
+  quantize_row(*t.isa, c.act, x.data(), t.rows, m);
 }
 
 void multiply(RowsTask& t, size_t task) {
