@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 DEFAULT = ["fp", "int4-w4a16-rtn", "mxfp4-w4a16-rtn", "int4-w4a8-rtn", "mxfp4-w4a8-rtn", "mxfp4-w4a4-rtn",
-           "int4-w4a4-rtn", "int4-w4a16-rtn-full", "mxfp4-w4a16-rtn-full"]
+           "int4-w4a4-rtn", "int4-w4a16-rtn-full", "mxfp4-w4a16-rtn-full", "mxfp4-w4a8-rtn-full"]
 
 
 def run(model: str, recipe: str, out: Path, args) -> dict:
