@@ -28,7 +28,6 @@ class ToRuntimeMatMul(LinearRule):
     fuses_act = True
 
     def check_lowering(self, w, q, xq):
-        n, k = q.shape
         block = q.codes.shape[2]
         if q.fmt.kind == "int4" and block not in (16, 32, 64, 128) and q.fmt.block_size != 0:
             return fail(f"{w.name}: MatMulInt4 takes blocks of 16, 32, 64, 128 or per channel, not {block}", w)
