@@ -22,7 +22,9 @@ MS_DOMAIN = "com.microsoft"
 
 
 class GatherRule(RewriteRuleClassBase):
-    """Gather(table, ids) on axis 0 of a planned constant table; subclasses lower the rows."""
+    """Gather(table, ids) on axis 0 of a planned constant table. Subclasses define
+    `unsupported(q) -> str` (why they cannot lower the plan q, "" if they can) and
+    `rows(op, w, ids, q)` (the looked-up rows as [..., nblocks, block])."""
 
     def __init__(self, name: str, plan: dict):
         super().__init__(name)
@@ -45,10 +47,6 @@ class GatherRule(RewriteRuleClassBase):
         if not np.array_equal(w.const_value.numpy(), dequantize_weight(q)):
             return fail(f"{w.name} differs from the dequantized codes of its plan", w)
         return MatchResult()
-
-    def unsupported(self, q) -> str:
-        """Why this rule cannot lower the plan q ("" if it can)."""
-        raise NotImplementedError
 
     def rewrite(self, op, w, ids, **_):
         q = self.plan[w.name]
