@@ -1,9 +1,14 @@
-"""The custom op stage A inserts in front of a linear: activation fake-quantization.
+"""The custom ops stage A inserts in front of a linear.
 
 `torch.ops.qpasses.quant_act(x, kind, block_size)` quantizes and dequantizes x along its last
 dim with `ActFormat(kind, block_size)` (numerics.fake_quant, bit-identical to formats.act).
 It exports to ONNX as one node `qpasses.QuantizeActivation(kind=..., block_size=...)`, which the
 lowering rules either fuse into a quantized matmul or expand into standard ops.
+
+`torch.ops.qpasses.rotate(x, signs, left_t, right, groups, block)` is an online rotation
+x ↦ x · diag(signs) · (L ⊗ B) with left_t = Lᵀ [groups, groups] and right = B [block, block]
+(numerics.rotation): x (L ⊗ B) = vec(Lᵀ X B) for X = x reshaped [groups, block]. It exports to
+standard ONNX ops that stock onnxruntime runs: Mul, Reshape, one or two small MatMuls, Reshape.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import onnx
 import onnxscript
 import torch
+from onnxscript import opset21 as op
 from onnx.defs import OpSchema
 
 from qpasses.formats.spec import ActFormat
@@ -58,4 +64,29 @@ def _translate_quant_act(x: onnxscript.FLOAT, kind: str, block_size: int) -> onn
     return _opset.QuantizeActivation(x, kind=kind, block_size=block_size)
 
 
-TRANSLATIONS = {torch.ops.qpasses.quant_act.default: _translate_quant_act}
+@torch.library.custom_op("qpasses::rotate", mutates_args=())
+def rotate(x: torch.Tensor, signs: torch.Tensor | None, left_t: torch.Tensor | None, right: torch.Tensor,
+           groups: int, block: int) -> torch.Tensor:
+    y = x * signs if signs is not None else x
+    z = y.reshape(-1, groups, block) @ right
+    if left_t is not None:
+        z = left_t @ z
+    return z.reshape(x.shape)
+
+
+@rotate.register_fake
+def _rotate_fake(x, signs, left_t, right, groups, block):
+    return torch.empty_like(x)
+
+
+def _translate_rotate(x: onnxscript.FLOAT, signs, left_t, right: onnxscript.FLOAT, groups: int,
+                      block: int) -> onnxscript.FLOAT:
+    y = op.Mul(x, signs) if signs is not None else x
+    z = op.MatMul(op.Reshape(y, op.Constant(value_ints=[-1, groups, block])), right)
+    if left_t is not None:
+        z = op.MatMul(left_t, z)
+    return op.Reshape(z, op.Shape(x))
+
+
+TRANSLATIONS = {torch.ops.qpasses.quant_act.default: _translate_quant_act,
+                torch.ops.qpasses.rotate.default: _translate_rotate}

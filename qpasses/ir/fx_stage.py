@@ -15,6 +15,8 @@ import torch
 from qpasses.formats.spec import ActFormat
 from qpasses.ir.sites import LinearSite, TensorSite
 
+_LINEAR = torch.ops.aten.linear.default
+
 
 def weight_fqn(programs, prog_name: str, node: torch.fx.Node) -> str:
     """The Hugging Face parameter name behind a linear node's weight input."""
@@ -92,10 +94,58 @@ class FxStage:
                     site.uses.append((prog, node))
         return list(by_weight.values())
 
+    def sites_by_node(self) -> dict[torch.fx.Node, FxSite]:
+        """Every linear node of every program -> its site."""
+        return {node: site for site in self.sites() for _, node in site.uses}
+
     def set_parameter(self, weight_name: str, w: np.ndarray) -> None:
         old = self.programs.parameter(weight_name)
         self.programs.set_parameter(weight_name, torch.from_numpy(np.ascontiguousarray(w)).to(old.dtype))
         self.edits.append(f"set_weight {weight_name} {hashlib.sha256(w.tobytes()).hexdigest()[:12]}")
+
+    def rotate_input(self, sites: list[FxSite], rotation, key: str) -> None:
+        """Insert x ↦ x·R (torch.ops.qpasses.rotate) in front of `sites`, which must read the same
+        input in every program; their weights are the caller's to fold (W ← W R)."""
+        from qpasses.ir.fx_edit import add_input
+        from qpasses.ir.fx_ops import rotate  # noqa: F401  (registers torch.ops.qpasses.rotate)
+
+        for prog, ep in self.programs.programs().items():
+            nodes = [node for site in sites for p, node in site.uses if p == prog]
+            x = nodes[0].args[0]
+            if any(n.args[0] is not x for n in nodes):
+                raise ValueError(f"{', '.join(s.name for s in sites)} do not share one input in the {prog} program")
+            parts = {"signs": rotation.signs, "left_t": None if rotation.left is None else rotation.left.T,
+                     "right": rotation.right}
+            consts = {part: add_input(ep, f"rotations.{key}.{part}", torch.tensor(value, dtype=torch.float32))
+                      for part, value in parts.items() if value is not None}
+            first = min(nodes, key=list(ep.graph.nodes).index)
+            with ep.graph.inserting_before(first):
+                r = ep.graph.call_function(torch.ops.qpasses.rotate.default, (
+                    x, consts.get("signs"), consts.get("left_t"), consts["right"], rotation.size // rotation.block,
+                    rotation.block))
+            r.meta["val"] = x.meta.get("val")
+            for n in nodes:
+                n.replace_input_with(x, r)
+            self.touched.add(prog)
+        self.edits.append(f"rotate_input {key} {rotation.describe()}")
+
+    def untie(self, alias: str) -> None:
+        """Give the linears that read tied parameter `alias` a copy of their own; the embedding
+        keeps the canonical tensor. Identity: nothing changes but storage, W_lm = E."""
+        from qpasses.ir.fx_edit import add_input, parameter_of, placeholder_for
+
+        canonical = self.programs.tied.pop(alias)
+        value = self.programs.parameter(canonical)
+        for prog, ep in self.programs.programs().items():
+            own = {k: placeholder_for(ep, k) or add_input(ep, k, value, kind="parameter") for k in (canonical, alias)}
+            for node in ep.graph.nodes:
+                for role, target in ((torch.ops.aten.embedding.default, canonical), (torch.ops.aten.linear.default, alias)):
+                    if node.target is role and self.programs.fqn(parameter_of(ep, node.args[role is _LINEAR]) or "") \
+                            in (canonical, alias):
+                        node.update_arg(role is _LINEAR, own[target])
+            ep.state_dict[alias] = torch.nn.Parameter(value.detach().clone(), requires_grad=False)
+            self.touched.add(prog)
+        self.edits.append(f"untie {alias} from {canonical}")
 
     def embedding_sites(self) -> list[FxTable]:
         tables: dict[str, FxTable] = {}

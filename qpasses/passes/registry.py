@@ -1,5 +1,6 @@
 """The passes, by name: an explicit registry (no import-time magic)."""
 
+from qpasses.passes.fold_norms import FoldNorms
 from qpasses.passes.fuse_attention import FuseAttention
 from qpasses.passes.fuse_linears import FuseLinears
 from qpasses.passes.fuse_norms import FuseNorms
@@ -7,6 +8,11 @@ from qpasses.passes.lower_linears import LowerLinears
 from qpasses.passes.quantize_embeddings import QuantizeEmbeddings
 from qpasses.passes.quantize_activations import QuantizeActivations
 from qpasses.passes.quantize_weights import QuantizeWeights
+from qpasses.passes.rotate_heads import RotateHeads
+from qpasses.passes.rotate_inputs import RotateInputs
+from qpasses.passes.rotate_residual import RotateResidual
+from qpasses.passes.untie_embeddings import UntieEmbeddings
 
-PASSES = {p.name: p for p in (QuantizeWeights, QuantizeEmbeddings, QuantizeActivations, LowerLinears, FuseLinears,
-                                     FuseNorms, FuseAttention)}
+PASSES = {p.name: p for p in (UntieEmbeddings, FoldNorms, RotateResidual, RotateHeads, RotateInputs, QuantizeWeights,
+                              QuantizeEmbeddings, QuantizeActivations, LowerLinears, FuseLinears,
+                              FuseNorms, FuseAttention)}
