@@ -4,7 +4,7 @@
     .venv/bin/python bench/recipes.py --recipes fp int4-w4a16-rtn --eval-windows 8
 
 Writes bench/results/<model>/<recipe>/ (the deployed folders with their reports) and
-bench/results/<model>/recipes.md (the table). Each run is a separate `qpasses run` process so
+bench/results/<model>/recipes.md (the table; --table names another file). Each run is a separate `qpasses run` process so
 wall time and peak RSS are per recipe.
 """
 
@@ -65,6 +65,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pass_table(rows: list[dict]) -> str:
+    """Seconds of each pass (and the export) per recipe, as the reports recorded them."""
+    lines = ["| recipe | pass times (s) |", "|---|---|"]
+    for r in rows:
+        if "error" not in r:
+            lines.append(f"| {r['recipe']} | " + ", ".join(f"{p['name']} {p['seconds']:.1f}" for p in r["passes"]) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -72,6 +81,7 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=80)
     p.add_argument("--threads", type=int)
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--table", default="recipes.md", help="file name of the table, next to the deployed folders")
     p.add_argument("--table-only", action="store_true", help="rebuild the table from the saved reports, run nothing")
     args = p.parse_args()
     base = args.results / Path(args.model).stem
@@ -87,9 +97,10 @@ def main() -> None:
            else f"command: `{' '.join(sys.argv)}`")
     text = (f"# {args.model}: built-in recipes, {args.eval_windows} x 512 eval windows\n\n{how}. "
             f"ppl torch = the stage-A program; ppl ORT = the deployed model.onnx in onnxruntime; wall time = the "
-            f"whole `qpasses run` (three perplexity passes, capture, export, save).\n\n{table(rows)}\n")
+            f"whole `qpasses run` (three perplexity passes, capture, export, save).\n\n{table(rows)}\n\n"
+            f"Time of each pass (calibration statistics included where a pass collects them):\n\n{pass_table(rows)}\n")
     base.mkdir(parents=True, exist_ok=True)
-    (base / "recipes.md").write_text(text)
+    (base / args.table).write_text(text)
     print(text)
 
 

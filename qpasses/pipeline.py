@@ -100,7 +100,7 @@ def run(opts: Options, log=print) -> dict:
     with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
         save(final, folder, loaded, metadata)
         quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"]
-        rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata))
+        rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata, ctx.notes))
         ppl["quant"] = evaluator.ort(folder / "model.onnx", "deployed (onnxruntime)")
         report = rep.build(opts, folder, recipe, loaded, results, ppl, evaluator, quantize_seconds,
                            time.perf_counter() - t_start)
@@ -153,12 +153,14 @@ def provenance(recipe, results, loaded, ctx) -> dict[str, str]:
     }
 
 
-def manifest(recipe, results, loaded, metadata: dict[str, str]) -> dict:
-    """manifest.json: the recipe as run, per-rule counts, the model's provenance and tool versions."""
+def manifest(recipe, results, loaded, metadata: dict[str, str], notes: dict) -> dict:
+    """manifest.json: the recipe as run, per-rule counts, the rotations chosen (with their seeds),
+    the model's provenance and tool versions."""
     return {
         "recipe": {"name": recipe.name, "sha256": recipe.sha256, "text": recipe.text},
         "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
         "model": {"name": loaded.name, "kind": loaded.kind, "source": {k: str(v) for k, v in loaded.source.items()}},
+        "rotations": notes.get("rotations", {}),
         "ort": json.loads(metadata["qpasses.ort"]),
         "versions": json.loads(metadata["qpasses.versions"]),
     }

@@ -134,7 +134,14 @@ def render_markdown(r: dict) -> str:
 # Plain writes: these files go into the staged deployment folder (export.deploy.staged), which
 # appears under its final name only once everything in it is written.
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+
+
+def _plain(x):
+    """numpy scalars and arrays as JSON numbers and lists."""
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"{type(x).__name__} is not JSON serializable")
 
 
 def write(r: dict, out: Path) -> None:
