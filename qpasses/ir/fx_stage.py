@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from qpasses.formats.spec import ActFormat
-from qpasses.ir.sites import LinearSite, TensorSite
+from qpasses.ir.sites import ROTATION_PREFIX, LinearSite, TensorSite
 
 _LINEAR = torch.ops.aten.linear.default
 
@@ -116,7 +116,7 @@ class FxStage:
                 raise ValueError(f"{', '.join(s.name for s in sites)} do not share one input in the {prog} program")
             parts = {"signs": rotation.signs, "left_t": None if rotation.left is None else rotation.left.T,
                      "right": rotation.right}
-            consts = {part: add_input(ep, f"rotations.{key}.{part}", torch.tensor(value, dtype=torch.float32))
+            consts = {part: add_input(ep, f"{ROTATION_PREFIX}{key}.{part}", torch.tensor(value, dtype=torch.float32))
                       for part, value in parts.items() if value is not None}
             first = min(nodes, key=list(ep.graph.nodes).index)
             with ep.graph.inserting_before(first):

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from qpasses.errors import PostconditionError
 from qpasses.formats.spec import ActFormat
 from qpasses.ir.fx_ops import DOMAIN, DOMAIN_VERSION, QUANT_ACT
-from qpasses.ir.sites import LinearSite, TensorSite
+from qpasses.ir.sites import ROTATION_PREFIX, LinearSite, TensorSite
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 
@@ -139,6 +139,8 @@ class OnnxStage:
                 by_weight.setdefault(use.w.name, []).append(use)
         sites = []
         for wname, uses in by_weight.items():
+            if wname.startswith(ROTATION_PREFIX):
+                continue
             name = scope_name(uses[0].node, self.scope_prefix) or wname.removesuffix(".weight")
             sites.append(OnnxSite(wname, uses, name))
         return sites

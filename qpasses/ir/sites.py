@@ -19,6 +19,9 @@ from qpasses.errors import InputError
 from qpasses.formats.spec import ActFormat
 
 
+ROTATION_PREFIX = "rotations."  # initializers of online rotations (ir.fx_ops.rotate): never linear sites
+
+
 class TensorSite(ABC):
     """A named weight tensor that a pass may read and replace."""
 

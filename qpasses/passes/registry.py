@@ -4,6 +4,7 @@ from qpasses.passes.fold_norms import FoldNorms
 from qpasses.passes.fuse_attention import FuseAttention
 from qpasses.passes.fuse_linears import FuseLinears
 from qpasses.passes.fuse_norms import FuseNorms
+from qpasses.passes.fuse_rotations import FuseRotations
 from qpasses.passes.lower_linears import LowerLinears
 from qpasses.passes.quantize_embeddings import QuantizeEmbeddings
 from qpasses.passes.quantize_activations import QuantizeActivations
@@ -14,5 +15,5 @@ from qpasses.passes.rotate_residual import RotateResidual
 from qpasses.passes.untie_embeddings import UntieEmbeddings
 
 PASSES = {p.name: p for p in (UntieEmbeddings, FoldNorms, RotateResidual, RotateHeads, RotateInputs, QuantizeWeights,
-                              QuantizeEmbeddings, QuantizeActivations, LowerLinears, FuseLinears,
+                              QuantizeEmbeddings, QuantizeActivations, LowerLinears, FuseLinears, FuseRotations,
                               FuseNorms, FuseAttention)}
