@@ -8,9 +8,11 @@ Every statistic is mergeable and bounded by the spec, never by the number of tok
              spec.max_tokens tokens                              rank (T-1)q of the sorted column,
                                                                  interpolated like torch.quantile
   gram       Σ_t x_tᵀ x_t, K x K float64                      -> gram
+  block_gram Σ_t Σ_p x_t[bi+p] x_t[bj+p] for blocks of b,      -> block_gram (TORQ's block energies:
+             K/b x K/b float64                                    b² times less memory, b times less work)
   tokens     a uniform subsample of at most keep_tokens rows  -> tokens, token_index
 
-Memory per site: 16K (moments) + 4K (absmax) + 4kK (quantiles) + 8K² (gram)
+Memory per site: 16K (moments) + 4K (absmax) + 4kK (quantiles) + 8K² (gram) + 8(K/b)² (block_gram)
 + (4K + 16) keep_tokens (tokens) bytes, plus one batch while updating.
 """
 
@@ -34,6 +36,7 @@ class StatsSpec:
     quantiles: tuple[float, ...] = ()
     max_tokens: int = 65536
     gram: bool = False
+    block_gram: int = 0  # block size b, 0 = off
     keep_tokens: int = 0
     seed: int = 0
 
@@ -43,6 +46,8 @@ class StatsSpec:
             raise ValueError(f"quantiles must lie in (0, 1), got {self.quantiles}; use absmax for q = 1")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {self.max_tokens}")
+        if self.block_gram < 0:
+            raise ValueError(f"block_gram is a block size (0 = off), got {self.block_gram}")
         if self.keep_tokens < 0:
             raise ValueError(f"keep_tokens must be >= 0, got {self.keep_tokens}")
         object.__setattr__(self, "quantiles", qs)
@@ -75,6 +80,9 @@ def _rows_needed(q: float, count: int, dtype: torch.dtype) -> int:
     return count - int(_rank(q, count, dtype).long())
 
 
+_FIELDS = ("_sum", "_sumsq", "_absmax", "_top", "_gram", "_bgram", "_rows", "_keys", "_index")  # the tensors held
+
+
 class SiteStats:
     """Statistics of x[..., K] accumulated over calls to `update`; K is fixed by the first call."""
 
@@ -83,7 +91,7 @@ class SiteStats:
         self.count = 0
         self.width: int | None = None
         self.dtype = torch.float32  # of absmax, the quantile buffer and kept tokens
-        self._sum = self._sumsq = self._absmax = self._top = self._gram = None
+        self._sum = self._sumsq = self._absmax = self._top = self._gram = self._bgram = None
         self._rows = self._keys = self._index = None
         self._gen = torch.Generator().manual_seed(spec.seed)
 
@@ -98,6 +106,10 @@ class SiteStats:
             self._top = torch.empty(0, k, dtype=dtype)
         if self.spec.gram:
             self._gram = torch.zeros(k, k, dtype=f64)
+        if self.spec.block_gram:
+            if k % self.spec.block_gram:
+                raise ValueError(f"block_gram {self.spec.block_gram} does not divide the width {k}")
+            self._bgram = torch.zeros(k // self.spec.block_gram, k // self.spec.block_gram, dtype=f64)
         if self.spec.keep_tokens:
             self._rows = torch.empty(0, k, dtype=dtype)
             self._keys, self._index = torch.empty(0, dtype=f64), torch.empty(0, dtype=torch.long)
@@ -115,13 +127,16 @@ class SiteStats:
         if t == 0:
             return
         self.spec.check_tokens(self.count + t)
-        if self.spec.moments or self.spec.gram:
+        if self.spec.moments or self.spec.gram or self.spec.block_gram:
             x64 = x.double()
         if self.spec.moments:
             self._sum += x64.sum(0)
             self._sumsq += (x64 * x64).sum(0)
         if self.spec.gram:
             self._gram += x64.T @ x64
+        if self.spec.block_gram:
+            blocks = x64.reshape(t, -1, self.spec.block_gram)
+            self._bgram += torch.einsum("tip,tjp->ij", blocks, blocks)
         if self.spec.absmax or self.spec.quantiles:
             a = x.abs().to(self.dtype)
             if self.spec.absmax:
@@ -166,6 +181,8 @@ class SiteStats:
             self._top = _top_rows(self._top, other._top, self.spec.quantile_rows)
         if self.spec.gram:
             self._gram += other._gram
+        if self.spec.block_gram:
+            self._bgram += other._bgram
         if self.spec.keep_tokens:
             self._keep(other._rows, other._keys, other._index + self.count)
         self.count += other.count
@@ -214,6 +231,12 @@ class SiteStats:
         return self._gram
 
     @property
+    def block_gram(self) -> torch.Tensor:
+        """[K/b, K/b] float64 Σ_t Σ_p x_t[b·i + p] x_t[b·j + p] (not divided by T)."""
+        self._need("block_gram", bool(self.spec.block_gram))
+        return self._bgram
+
+    @property
     def tokens(self) -> torch.Tensor:
         """[min(T, keep_tokens), K] uniformly subsampled rows, in stream order."""
         self._need("tokens", bool(self.spec.keep_tokens))
@@ -228,13 +251,12 @@ class SiteStats:
 
     def nbytes(self) -> int:
         """Bytes held by the statistics (the memory bound of the module docstring)."""
-        held = (self._sum, self._sumsq, self._absmax, self._top, self._gram, self._rows, self._keys, self._index)
+        held = (getattr(self, n) for n in _FIELDS)
         return sum(t.numel() * t.element_size() for t in held if t is not None)
 
     def state(self) -> dict:
         """Plain tensors and ints, loadable with torch.load(weights_only=True)."""
-        names = ("_sum", "_sumsq", "_absmax", "_top", "_gram", "_rows", "_keys", "_index")
-        out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        out = {n: getattr(self, n) for n in _FIELDS if getattr(self, n) is not None}
         return {**out, "count": self.count, "width": self.width, "dtype": str(self.dtype).removeprefix("torch."),
                 "generator": self._gen.get_state()}
 
@@ -243,7 +265,7 @@ class SiteStats:
         s = cls(spec)
         s.count, s.width, s.dtype = state["count"], state["width"], getattr(torch, state["dtype"])
         s._gen.set_state(state["generator"])
-        for n in ("_sum", "_sumsq", "_absmax", "_top", "_gram", "_rows", "_keys", "_index"):
+        for n in _FIELDS:
             setattr(s, n, state.get(n))
         return s
 

@@ -111,14 +111,15 @@ def _spread(energies: np.ndarray) -> float:
 
 
 def torq_rotation(
-    gram: np.ndarray,
+    c: np.ndarray,
     tokens: np.ndarray,
     w: np.ndarray | None = None,
     seed: int = 0,
     level1: bool = True,
     level2: bool = True,
 ) -> tuple[Rotation, dict]:
-    """TORQ rotation U ⊗ R32 of one site from its feature Gram [K, K] and tokens [T, K] -> (Rotation, info).
+    """TORQ rotation U ⊗ R32 of one site from its block Gram c [K/32, K/32] (block_gram of the feature
+    Gram, or collected directly: calibration StatsSpec.block_gram) and tokens [T, K] -> (Rotation, info).
 
     w [N, K], when given, breaks entropy ties and gates U (kept only if it lowers the layer error).
     info: chosen, entropy {name: bits}, kept_u, energy_spread_before / _after (max/min block energy),
@@ -126,7 +127,7 @@ def torq_rotation(
     """
     tokens = np.asarray(tokens, np.float32)
     size = tokens.shape[-1]
-    c = block_gram(gram)
+    c = np.asarray(c, np.float64)
     if len(c) * BLOCK != size:
         raise ValueError(f"Gram of size {len(c) * BLOCK} does not match tokens of size {size}")
     u = equalize_blocks(c) if level1 else None

@@ -58,14 +58,16 @@ class RotateHeads(Pass):
         return ctx.calibration.stats(graph, outs, self.settings.stats_spec())
 
     def _per_head(self, stats, outs, hd):
-        """Gram, tokens and weight columns of every head of these output projections, pooled."""
+        """Block Gram, tokens and weight columns of every head of these output projections, pooled:
+        a head's block Gram is its diagonal block of the input's (blocks never straddle heads)."""
         if not stats:
             return ()
+        nb = hd // 32
         grams, tokens, weights = [], [], []
         for o in outs:
             s, k = stats[o.name], o.shape[1]
-            g = s.gram.numpy()
-            grams += [g[h:h + hd, h:h + hd] for h in range(0, k, hd)]
+            c = s.block_gram.numpy()
+            grams += [c[h:h + nb, h:h + nb] for h in range(0, len(c), nb)]
             tokens.append(s.tokens.numpy().reshape(-1, hd))
             weights.append(o.weight().reshape(o.shape[0], k // hd, hd).transpose(1, 0, 2).reshape(-1, hd))
         seed = self.settings.seed

@@ -77,7 +77,7 @@ class RotateInputs(Pass):
         for x, sites in groups.items():
             k = sites[0].shape[1]
             w = sample_rows(np.concatenate([s.weight() for s in sites]), 4096, self.settings.seed)
-            extra = (stats[sites[0].name].gram.numpy(), stats[sites[0].name].tokens.numpy(), w) if stats else ()
+            extra = (stats[sites[0].name].block_gram.numpy(), stats[sites[0].name].tokens.numpy(), w) if stats else ()
             rot, info = choose(self.settings, k, *extra)
             graph.rotate_input(sites, rot, key=sites[0].name)
             for site in sites:

@@ -62,7 +62,7 @@ class RotateResidual(Pass):
         for site in select(readers, ctx.ignore):
             first_per_input.setdefault(site.uses[0][1].args[0], site)
         stats = ctx.calibration.stats(graph, list(first_per_input.values()), self.settings.stats_spec())
-        gram = sum(s.gram.numpy() for s in stats.values()) / len(stats)
+        gram = sum(s.block_gram.numpy() for s in stats.values()) / len(stats)
         tokens = sample_rows(np.concatenate([s.tokens.numpy() for s in stats.values()]), 16384, self.settings.seed)
         w = np.concatenate([s.weight() for s in select(readers, ctx.ignore)])
         return gram, tokens, sample_rows(w, 4096, self.settings.seed)

@@ -40,18 +40,18 @@ class Settings:
         return self.kind == "torq"
 
     def stats_spec(self) -> StatsSpec:
-        return StatsSpec(moments=False, absmax=False, gram=True, keep_tokens=self.tokens, seed=self.seed)
+        return StatsSpec(moments=False, absmax=False, block_gram=32, keep_tokens=self.tokens, seed=self.seed)
 
 
-def choose(settings: Settings, size: int, gram=None, tokens=None, w=None) -> tuple[Rotation, dict]:
-    """The rotation of width `size`; TORQ needs the Gram [size, size] and kept tokens [T, size]
-    of the inputs, and uses the weight rows w [N, size] for its gate."""
+def choose(settings: Settings, size: int, block_gram=None, tokens=None, w=None) -> tuple[Rotation, dict]:
+    """The rotation of width `size`; TORQ needs the block Gram [size/32, size/32] and kept tokens
+    [T, size] of the inputs, and uses the weight rows w [N, size] for its gate."""
     if settings.kind == "hadamard":
         rot = Rotation.hadamard(size, settings.block, settings.seed if settings.signs else None)
         return rot, {"rotation": rot.describe(), "seed": settings.seed if settings.signs else None}
     from qpasses.numerics.torq import torq_rotation
 
-    rot, info = torq_rotation(np.asarray(gram, np.float64), np.asarray(tokens, np.float32),
+    rot, info = torq_rotation(np.asarray(block_gram, np.float64), np.asarray(tokens, np.float32),
                               None if w is None else np.asarray(w, np.float32), seed=settings.seed,
                               level1=settings.level1, level2=settings.level2)
     return rot, {"rotation": rot.describe(), **info}

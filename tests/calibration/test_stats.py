@@ -39,6 +39,19 @@ def test_moments_absmax_gram_match_the_full_sample():
     torch.testing.assert_close(s.gram, x64.T @ x64, rtol=1e-12, atol=1e-9)
 
 
+def test_block_gram_sums_the_gram_over_positions_within_blocks():
+    x = heavy_tailed(2000, 16, seed=2)
+    spec = StatsSpec(gram=True, block_gram=4)
+    s = feed(spec, x, chunk=300)
+    full = s.gram.reshape(4, 4, 4, 4)  # [block i, position p, block j, position q]
+    torch.testing.assert_close(s.block_gram, torch.einsum("ipjp->ij", full), rtol=1e-12, atol=1e-9)
+    merged = feed(spec, x[:700], chunk=300).merge(feed(spec, x[700:], chunk=300))
+    torch.testing.assert_close(merged.block_gram, s.block_gram, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(SiteStats.from_state(spec, s.state()).block_gram, s.block_gram, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not divide"):
+        feed(StatsSpec(block_gram=32), x, chunk=300)
+
+
 def test_merge_equals_one_pass():
     spec = StatsSpec(quantiles=(0.99, 0.999), max_tokens=5000, gram=True)
     x = heavy_tailed(5000, 12, seed=1)

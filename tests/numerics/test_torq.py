@@ -29,7 +29,7 @@ def heavy_tailed(k, outliers, t=256, seed=0):
 def site(request):
     x, w = heavy_tailed(*request.param)
     gram = x.astype(np.float64).T @ x / len(x)
-    rot, info = torq_rotation(gram, x, w, seed=0)
+    rot, info = torq_rotation(block_gram(gram), x, w, seed=0)
     return x, w, gram, rot, info
 
 
@@ -110,9 +110,9 @@ def test_gate_never_loses_to_block_only(site):
 def test_levels_can_be_switched_off():
     x, w = heavy_tailed(576, [5, 40, 41], t=64)
     gram = x.astype(np.float64).T @ x
-    rot, info = torq_rotation(gram, x, w, level1=False)
+    rot, info = torq_rotation(block_gram(gram), x, w, level1=False)
     assert rot.left is None and not info["kept_u"] and "error_with_u" not in info
-    rot, info = torq_rotation(gram, x, level2=False)
+    rot, info = torq_rotation(block_gram(gram), x, level2=False)
     np.testing.assert_array_equal(rot.right, np.eye(32))
     assert info["chosen"] == "I" and info["kept_u"]  # no weight: nothing to gate U with
     assert info["energy_spread_after"] == pytest.approx(1.0, abs=1e-9)
