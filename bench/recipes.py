@@ -26,6 +26,8 @@ def run(model: str, recipe: str, out: Path, args) -> dict:
            "--eval-windows", str(args.eval_windows), "--force", "--no-progress"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.no_stage_a_eval:
+        cmd.append("--no-stage-a-eval")
     t = time.perf_counter()
     proc = subprocess.run(cmd, text=True, capture_output=True)
     wall = time.perf_counter() - t
@@ -80,6 +82,7 @@ def main() -> None:
     p.add_argument("--recipes", nargs="+", default=DEFAULT)
     p.add_argument("--eval-windows", type=int, default=80)
     p.add_argument("--threads", type=int)
+    p.add_argument("--no-stage-a-eval", action="store_true", help="skip the torch perplexity of each transformed program")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--table", default="recipes.md", help="file name of the table, next to the deployed folders")
     p.add_argument("--table-only", action="store_true", help="rebuild the table from the saved reports, run nothing")

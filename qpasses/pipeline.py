@@ -34,6 +34,7 @@ class Options:
     eval_windows: int = 80
     eval_text: Path | None = None
     no_eval: bool = False
+    stage_a_eval: bool = True
     seed: int = 0
     threads: int | None = None
     sets: list[str] = field(default_factory=list)
@@ -90,6 +91,8 @@ def run(opts: Options, log=print) -> dict:
     t_eval = {"seconds": 0.0}
 
     def on_stage_change(fx_graph):
+        if not opts.stage_a_eval:
+            return
         t = time.perf_counter()
         ppl["stage_a"] = evaluator.torch_program(fx_graph.programs.logits, "stage A")
         t_eval["seconds"] += time.perf_counter() - t

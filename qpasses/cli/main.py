@@ -30,7 +30,8 @@ def _run(args) -> int:
 
     opts = Options(model=args.model, recipe=args.recipe, out=args.out, tokenizer=args.tokenizer,
                    calib_windows=args.calib_windows, eval_windows=args.eval_windows, eval_text=args.text,
-                   no_eval=args.no_eval, seed=args.seed, threads=args.threads, sets=args.set or [],
+                   no_eval=args.no_eval, stage_a_eval=not args.no_stage_a_eval, seed=args.seed, threads=args.threads,
+                   sets=args.set or [],
                    force=args.force, progress=not args.no_progress, dump_dir=args.dump)
     run(opts)
     return 0
@@ -62,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-windows", type=int, default=80, help="evaluation windows of 512 tokens (default %(default)s)")
     r.add_argument("--text", type=Path, help="evaluation text file (default: the GNU Coding Standards from Debian)")
     r.add_argument("--no-eval", action="store_true", help="skip all perplexity measurements")
+    r.add_argument("--no-stage-a-eval", action="store_true",
+                   help="measure the float and deployed models only, not the transformed torch program "
+                        "(saves minutes with simulated 4-bit activations)")
     r.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and random rotations")
     r.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: all cores)")
     r.add_argument("--set", action="append", metavar="PASS.KEY=VALUE", help="override a recipe setting (repeatable)")
