@@ -16,8 +16,8 @@ from __future__ import annotations
 import onnx
 import onnxscript
 import torch
-from onnxscript import opset21 as op
 from onnx.defs import OpSchema
+from onnxscript import opset21 as op
 
 from qpasses.formats.spec import ActFormat
 

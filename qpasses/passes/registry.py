@@ -6,8 +6,8 @@ from qpasses.passes.fuse_linears import FuseLinears
 from qpasses.passes.fuse_norms import FuseNorms
 from qpasses.passes.fuse_rotations import FuseRotations
 from qpasses.passes.lower_linears import LowerLinears
-from qpasses.passes.quantize_embeddings import QuantizeEmbeddings
 from qpasses.passes.quantize_activations import QuantizeActivations
+from qpasses.passes.quantize_embeddings import QuantizeEmbeddings
 from qpasses.passes.quantize_weights import QuantizeWeights
 from qpasses.passes.rotate_heads import RotateHeads
 from qpasses.passes.rotate_inputs import RotateInputs

@@ -18,7 +18,13 @@ from qpasses.errors import PreconditionError
 from qpasses.ir.fx_flow import head_paths
 from qpasses.numerics.rotation import Rotation
 from qpasses.passes.base import Pass
-from qpasses.passes.rotation_choice import Settings, choose, sample_rows
+from qpasses.passes.rotation_choice import (
+    GATE_ROWS,
+    GATE_TOKENS,
+    Settings,
+    choose,
+    sample_rows,
+)
 
 
 class RotateHeads(Pass):
@@ -71,5 +77,5 @@ class RotateHeads(Pass):
             tokens.append(s.tokens.numpy().reshape(-1, hd))
             weights.append(o.weight().reshape(o.shape[0], k // hd, hd).transpose(1, 0, 2).reshape(-1, hd))
         seed = self.settings.seed
-        return (sum(grams) / len(grams), sample_rows(np.concatenate(tokens), 16384, seed),
-                sample_rows(np.concatenate(weights), 4096, seed))
+        return (sum(grams) / len(grams), sample_rows(np.concatenate(tokens), GATE_TOKENS, seed),
+                sample_rows(np.concatenate(weights), GATE_ROWS, seed))

@@ -24,7 +24,7 @@ from qpasses.ir.fx_flow import head_paths, norm_output
 from qpasses.ir.sites import select
 from qpasses.passes import rotation_choice
 from qpasses.passes.base import Pass
-from qpasses.passes.rotation_choice import choose, sample_rows
+from qpasses.passes.rotation_choice import GATE_ROWS, choose, sample_rows
 
 CLASSES = ("norm", "attention", "other")
 
@@ -76,7 +76,7 @@ class RotateInputs(Pass):
         notes = ctx.notes.setdefault("rotations", {})
         for x, sites in groups.items():
             k = sites[0].shape[1]
-            w = sample_rows(np.concatenate([s.weight() for s in sites]), 4096, self.settings.seed)
+            w = sample_rows(np.concatenate([s.weight() for s in sites]), GATE_ROWS, self.settings.seed)
             extra = (stats[sites[0].name].block_gram.numpy(), stats[sites[0].name].tokens.numpy(), w) if stats else ()
             rot, info = choose(self.settings, k, *extra)
             graph.rotate_input(sites, rot, key=sites[0].name)

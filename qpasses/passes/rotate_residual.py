@@ -17,7 +17,13 @@ from qpasses.errors import PreconditionError
 from qpasses.ir.fx_flow import residual_stream
 from qpasses.ir.sites import select
 from qpasses.passes.base import Pass
-from qpasses.passes.rotation_choice import Settings, choose, sample_rows
+from qpasses.passes.rotation_choice import (
+    GATE_ROWS,
+    GATE_TOKENS,
+    Settings,
+    choose,
+    sample_rows,
+)
 
 
 class RotateResidual(Pass):
@@ -63,6 +69,7 @@ class RotateResidual(Pass):
             first_per_input.setdefault(site.uses[0][1].args[0], site)
         stats = ctx.calibration.stats(graph, list(first_per_input.values()), self.settings.stats_spec())
         gram = sum(s.block_gram.numpy() for s in stats.values()) / len(stats)
-        tokens = sample_rows(np.concatenate([s.tokens.numpy() for s in stats.values()]), 16384, self.settings.seed)
+        tokens = np.concatenate([s.tokens.numpy() for s in stats.values()])
+        tokens = sample_rows(tokens, GATE_TOKENS, self.settings.seed)
         w = np.concatenate([s.weight() for s in select(readers, ctx.ignore)])
-        return gram, tokens, sample_rows(w, 4096, self.settings.seed)
+        return gram, tokens, sample_rows(w, GATE_ROWS, self.settings.seed)

@@ -17,6 +17,7 @@ from qpasses.calibration.stats import StatsSpec
 from qpasses.numerics.rotation import Rotation
 
 KINDS = ("hadamard", "torq")
+GATE_TOKENS, GATE_ROWS = 4096, 1024  # TORQ: tokens for the entropy and the layer errors, weight rows for the errors
 
 
 @dataclass(frozen=True)
