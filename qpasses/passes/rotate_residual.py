@@ -51,12 +51,15 @@ class RotateResidual(Pass):
         counts: Counter[str] = Counter()
         for name, role in roles.items():
             site = sites.get(name)
-            w = (site.weight() if site else graph.programs.parameter(name).detach().float().numpy())
-            if site is not None and role == "out" and site.bias() is not None:
+            if site is None:  # an embedding table: E ← E R
+                graph.set_parameter(name, rot.fold_into_inputs(graph.programs.parameter(name).detach().float().numpy()))
+                counts["rotate.residual.table"] += 1
+                continue
+            if role == "out" and site.bias() is not None:
                 raise PreconditionError(f"{site.name} writes the residual stream with a bias; not supported yet")
-            new = rot.fold_into_inputs(w) if role == "in" else rot.fold_into_outputs(w)
-            (site.set_weight(new) if site else graph.set_parameter(name, new))
-            counts[f"rotate.residual.{'table' if site is None else 'reader' if role == 'in' else 'writer'}"] += 1
+            fold = rot.fold_into_inputs if role == "in" else rot.fold_into_outputs
+            site.set_weight(fold(site.weight()))
+            counts[f"rotate.residual.{'reader' if role == 'in' else 'writer'}"] += 1
         ctx.notes.setdefault("rotations", {})["residual"] = info
         return dict(counts)
 
