@@ -138,11 +138,12 @@ class FxStage:
         value = self.programs.parameter(canonical)
         for prog, ep in self.programs.programs().items():
             own = {k: placeholder_for(ep, k) or add_input(ep, k, value, kind="parameter") for k in (canonical, alias)}
+            # which argument holds the tied tensor, and whose copy it must read afterwards
+            readers = {torch.ops.aten.embedding.default: (0, canonical), _LINEAR: (1, alias)}
             for node in ep.graph.nodes:
-                for role, target in ((torch.ops.aten.embedding.default, canonical), (torch.ops.aten.linear.default, alias)):
-                    if node.target is role and self.programs.fqn(parameter_of(ep, node.args[role is _LINEAR]) or "") \
-                            in (canonical, alias):
-                        node.update_arg(role is _LINEAR, own[target])
+                arg, target = readers.get(node.target, (None, None))
+                if arg is not None and self.programs.fqn(parameter_of(ep, node.args[arg]) or "") in (canonical, alias):
+                    node.update_arg(arg, own[target])
             ep.state_dict[alias] = torch.nn.Parameter(value.detach().clone(), requires_grad=False)
             self.touched.add(prog)
         self.edits.append(f"untie {alias} from {canonical}")
