@@ -79,6 +79,10 @@ class Programs:
         """The programs that exist, by name ("logits", "decoder")."""
         return {n: ep for n, ep in (("logits", self.logits), ("decoder", self.decoder)) if ep is not None}
 
+    def tied_names(self) -> set[str]:
+        """Every name of a parameter shared under several names (aliases and canonical ones)."""
+        return set(self.tied) | set(self.tied.values())
+
     def fqn(self, key: str) -> str:
         """The canonical Hugging Face name of a program state-dict key (tied aliases resolved)."""
         return self.tied.get(key, key)

@@ -46,7 +46,7 @@ class FoldNorms(Pass):
     Settings = Settings
 
     def run(self, graph, ctx):
-        tied = set(graph.programs.tied) | set(graph.programs.tied.values())
+        tied = graph.programs.tied_names()
         folded = 0
         for gamma_name, sites in norm_scales(graph).items():
             gamma = graph.programs.parameter(gamma_name).detach().double().numpy()

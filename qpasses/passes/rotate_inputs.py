@@ -58,7 +58,7 @@ class RotateInputs(Pass):
         readers = {r for path in head_paths(ep) for r in path.readers}
         groups: dict = {}  # input node (logits program) -> sites reading it
         classes = {}
-        tied = set(graph.programs.tied) | set(graph.programs.tied.values())
+        tied = graph.programs.tied_names()
         for site in select(graph.sites(), ctx.ignore):
             node = next(n for p, n in site.uses if p == "logits")
             cls = input_class(node, readers)
