@@ -18,6 +18,8 @@ from qpasses.calibration.cache import StatsCache, windows_digest
 from qpasses.calibration.stats import SiteStats, StatsSpec
 from qpasses.errors import PreconditionError
 
+TAPS = ("input", "float", "unrotated")
+
 
 class CalibrationSource:
     def __init__(self, tokenizer, n: int, seed: int, text: Path | None = None, progress: bool = True):
@@ -35,26 +37,36 @@ class CalibrationSource:
             self._windows = calibration_windows(ids, self.n, seed=self.seed)
         return self._windows
 
-    def stats(self, graph, sites, spec: StatsSpec, heldout: bool = False) -> dict[str, SiteStats]:
-        """Statistics of each site's input (keyed by site name) on `graph` as it is now."""
+    def stats(self, graph, sites, spec: StatsSpec, heldout: bool = False, tap: str = "input") -> dict[str, SiteStats]:
+        """Statistics of each site's input (keyed by site name) on `graph` as it is now.
+
+        tap (stage A only) says which tensor in front of the linear is measured:
+            input      what the linear reads
+            float      before the activation quantizer in front of it, if any
+            unrotated  before that quantizer and an online rotation in front of it, if any
+        """
+        if tap not in TAPS:
+            raise ValueError(f"tap must be one of {', '.join(TAPS)}, got {tap!r}")
+        if tap != "input" and graph.stage != "fx":
+            raise PreconditionError(f"tap {tap!r} is measured on the torch stage only")
         windows = self.windows()[1 if heldout else 0]
-        key = (graph.fingerprint(), windows_digest(windows), spec)
+        key = (f"{graph.fingerprint()}:{tap}", windows_digest(windows), spec)
         names = [s.name for s in sites]
         hit = self.cache.get(*key, sites=names)
         if hit is not None:
             return hit
-        stats = self._collect(graph, sites, windows, spec)
+        stats = self._collect(graph, sites, windows, spec, tap)
         self.cache.put(*key, stats)
         return stats
 
     def invalidate(self) -> None:
         self.cache.invalidate()
 
-    def _collect(self, graph, sites, windows, spec) -> dict[str, SiteStats]:
+    def _collect(self, graph, sites, windows, spec, tap) -> dict[str, SiteStats]:
         if graph.stage == "fx":
-            from qpasses.calibration.collect_fx import collect_fx
+            from qpasses.calibration.collect_fx import collect_fx, tap_node
 
-            nodes = {s.name: next(node for prog, node in s.uses if prog == "logits") for s in sites}
+            nodes = {s.name: tap_node(next(node for prog, node in s.uses if prog == "logits"), tap) for s in sites}
             return collect_fx(graph.programs.logits, nodes, windows, spec, progress=self.progress)
         import onnx_ir as ir
 

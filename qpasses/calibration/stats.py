@@ -151,6 +151,9 @@ class SiteStats:
 
     def _keep(self, rows: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> None:
         """Reservoir by random keys: the rows with the keep_tokens smallest keys seen so far."""
+        if self._keys.numel() >= self.spec.keep_tokens:  # full: only keys below the largest kept can enter
+            enter = keys < self._keys.max()
+            rows, keys, index = rows[enter], keys[enter], index[enter]
         rows, keys = torch.cat([self._rows, rows]), torch.cat([self._keys, keys])
         index = torch.cat([self._index, index])
         sel = keys.topk(min(self.spec.keep_tokens, keys.numel()), largest=False).indices

@@ -45,7 +45,7 @@ def _is_last(dim: int, rank: int) -> bool:
     return dim % rank == rank - 1
 
 
-def _float_cast(node: torch.fx.Node) -> bool:
+def float_cast(node: torch.fx.Node) -> bool:
     return node.target is not aten.to.dtype or node.args[1] == torch.float32
 
 
@@ -93,7 +93,7 @@ def residual_stream(ep: ExportedProgram) -> Stream:
 def _residual_rule(ep, node, state, stream) -> str | None:
     t, args = node.target, node.args
     s = [state.get(a) if isinstance(a, torch.fx.Node) else None for a in args]
-    if (t in SAME and _float_cast(node)) or _token_slice(node):
+    if (t in SAME and float_cast(node)) or token_slice(node):
         return s[0]
     if t is aten.pow.Tensor_Scalar and s[0] == "R" and args[1] == 2:
         return "SQ"
@@ -121,7 +121,7 @@ def _residual_rule(ep, node, state, stream) -> str | None:
     return None
 
 
-def _token_slice(node) -> bool:
+def token_slice(node) -> bool:
     """A slice of tokens (any dim but the last): the lm_head's `hidden[:, -k:]`."""
     return node.target is aten.slice.Tensor and not _is_last(node.args[1], _rank(node.args[0]))
 
@@ -133,7 +133,7 @@ def linear_readers(node) -> list[torch.fx.Node] | None:
     for u in non_meta_users(node):
         if u.target is LINEAR and u.args[0] is node:
             found.append(u)
-        elif (u.target in SAME and _float_cast(u)) or _token_slice(u):
+        elif (u.target in SAME and float_cast(u)) or token_slice(u):
             more = linear_readers(u)
             if more is None:
                 return None
@@ -210,7 +210,7 @@ def _head_rule(u, x, hd, flow) -> str | None:
         return "output"  # the KV cache: it holds V in the rotated basis, read back by the same graph
     if t in _SHAPE_OPS:
         return "flow" if _last(x) % hd == 0 and _last(u) % hd == 0 else None
-    if t in SAME and _float_cast(u):
+    if t in SAME and float_cast(u):
         return "flow"
     if t is aten.transpose.int:
         r = _rank(x)
@@ -247,18 +247,18 @@ def _cache_state(node) -> bool:
 def norm_output(node) -> bool:
     """True when `node` is an RMS normalization's output: x · rsqrt(mean(x², -1) + eps), possibly
     cast and scaled by a 1-D parameter."""
-    node = _skip_casts(node)
+    node = skip_casts(node)
     if node.target is aten.mul.Tensor:
         for a, b in (node.args, node.args[::-1]):
             if isinstance(b, torch.fx.Node) and b.op == "placeholder" and isinstance(a, torch.fx.Node):
-                node = _skip_casts(a)
+                node = skip_casts(a)
                 break
     if node.target is not aten.mul.Tensor:
         return False
     return any(isinstance(a, torch.fx.Node) and a.target is aten.rsqrt.default for a in node.args)
 
 
-def _skip_casts(node):
-    while isinstance(node, torch.fx.Node) and (node.target in SAME or _token_slice(node)):
+def skip_casts(node):
+    while isinstance(node, torch.fx.Node) and (node.target in SAME or token_slice(node)):
         node = node.args[0]
     return node

@@ -12,8 +12,10 @@ from qpasses.passes.quantize_weights import QuantizeWeights
 from qpasses.passes.rotate_heads import RotateHeads
 from qpasses.passes.rotate_inputs import RotateInputs
 from qpasses.passes.rotate_residual import RotateResidual
+from qpasses.passes.smooth_inputs import SmoothInputs
 from qpasses.passes.untie_embeddings import UntieEmbeddings
 
-PASSES = {p.name: p for p in (UntieEmbeddings, FoldNorms, RotateResidual, RotateHeads, RotateInputs, QuantizeWeights,
+PASSES = {p.name: p for p in (UntieEmbeddings, FoldNorms, RotateResidual, RotateHeads, RotateInputs, SmoothInputs,
+                              QuantizeWeights,
                               QuantizeEmbeddings, QuantizeActivations, LowerLinears, FuseLinears, FuseRotations,
                               FuseNorms, FuseAttention)}

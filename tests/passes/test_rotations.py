@@ -9,15 +9,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
+from fx_helpers import IDS, rel, transform
+from qpasses.models.tiny import build_tiny_llama
 
-from qpasses.calibration.source import CalibrationSource
 from qpasses.errors import PreconditionError, RecipeError
 from qpasses.ir.fx_flow import head_paths, residual_stream
-from qpasses.models.tiny import build_tiny_llama
 from qpasses.passes.base import Context
 from qpasses.passes.registry import PASSES
-from qpasses.export.capture import capture
-from qpasses.ir.fx_stage import FxStage
 from qpasses.pipeline import stage_a, to_stage_b
 
 CANON = [("untie_embeddings", {}), ("fold_norms", {})]
@@ -33,32 +31,6 @@ STRATEGIES = {
     "torq": TORQ,
     "torq-l2": [(n, {**s, "level1": False} if n.startswith("rotate") else s) for n, s in TORQ],
 }
-IDS = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(1))
-
-
-class Windows(CalibrationSource):
-    """Calibration on random byte windows, no text needed."""
-
-    def __init__(self):
-        super().__init__(tokenizer=None, n=4, seed=0, progress=False)
-        gen = torch.Generator().manual_seed(2)
-        self._windows = (torch.randint(3, 259, (4, 64), generator=gen), torch.randint(3, 259, (2, 64), generator=gen))
-
-
-def transform(model, steps, decoder=False):
-    """The logits program (and the decoder's when asked) after `steps`, with counts and context."""
-    graph, ctx = FxStage(capture(model, decoder=decoder)), Context(calibration=Windows())
-    counts = {}
-    for name, settings in steps:
-        counts[name] = PASSES[name](**settings).run(graph, ctx)
-        graph.verify()
-    return graph, counts, ctx
-
-
-def rel(a, b) -> float:
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
-
-
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-llama-96"])
 def model(request):
     m = build_tiny_llama(request.param)

@@ -1,0 +1,93 @@
+"""smooth_inputs on tiny-llama (hidden 64) and tiny-llama-96: the folded scales keep the logits in
+torch, in the KV-cache program and in onnxruntime, alone and composed with rotations; the ladder of
+policies is recorded; clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+from fx_helpers import IDS, rel, transform
+from qpasses.models.tiny import build_tiny_llama
+
+from qpasses.errors import PreconditionError, RecipeError
+from qpasses.passes.registry import PASSES
+from qpasses.pipeline import to_stage_b
+
+UNTIE, FOLD = ("untie_embeddings", {}), ("fold_norms", {})
+ONLINE = ("rotate_inputs", {"inputs": ["norm", "attention", "other"]})
+QUAROT = [UNTIE, FOLD, ("rotate_residual", {}), ("rotate_heads", {}), ("rotate_inputs", {})]
+TRAIN = {"train": True, "steps": 20, "batch": 64}
+CASES = {
+    "down_proj": [("smooth_inputs", {})],
+    "norms": [UNTIE, FOLD, ("smooth_inputs", {"inputs": ["norm", "other"], "search": "joint"})],
+    "online": [UNTIE, ONLINE, ("smooth_inputs", {"inputs": ["norm", "other"], "search": "quantile", **TRAIN})],
+    "quarot-int4": [*QUAROT, ("smooth_inputs", {"format": "int4", "search": "joint", "per_layer": True, **TRAIN})],
+}
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-llama-96"])
+def model(request):
+    m = build_tiny_llama(request.param)
+    with torch.no_grad():
+        ref = m(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits.numpy()
+    return m, ref
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_scales_preserve_logits_in_torch(model, case):
+    m, ref = model
+    graph, counts, _ = transform(m, CASES[case])
+    with torch.no_grad():
+        out = graph.programs.logits.module()(IDS, torch.ones_like(IDS))
+    assert rel(out, ref) < 1e-4, counts
+    layers = m.config.num_hidden_layers
+    smoothed = counts["smooth_inputs"]
+    assert smoothed["smooth.other.rows"] == layers  # every down_proj, 1/s in up_proj's rows
+    assert smoothed.get("smooth.norm.norm", 0) == (2 * layers + 1 if "norm" in str(CASES[case][-1]) else 0)
+
+
+@pytest.mark.parametrize("case", ["online"])
+def test_scales_preserve_logits_in_onnxruntime_and_the_decoder(model, case, tmp_path):
+    m, ref = model
+    graph, _, _ = transform(m, CASES[case], decoder=True)
+    layers, kv, hd = m.config.num_hidden_layers, m.config.num_key_value_heads, m.config.head_dim
+    past = [(torch.zeros(2, kv, 0, hd), torch.zeros(2, kv, 0, hd)) for _ in range(layers)]
+    with torch.no_grad():
+        logits, _ = graph.programs.decoder.module()(IDS, torch.ones_like(IDS), torch.arange(24).repeat(2, 1), past)
+    assert rel(logits, ref) < 1e-4
+    ir.save(to_stage_b(graph).models["logits"], tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"input_ids": IDS.numpy(), "attention_mask": np.ones_like(IDS.numpy())})
+    assert rel(out, ref) < 1e-4
+
+
+def test_the_ladder_of_policies_is_recorded():
+    _, _, ctx = transform(build_tiny_llama(), CASES["online"])
+    notes = ctx.notes["smoothing"]
+    other = notes["classes"]["other"]
+    assert other["level"] == "trained" and other["selected"].endswith("down_proj")
+    assert {r[0] for r in other["quantile"]["table"]} == {0.5}  # quantile-only: alpha fixed
+    for site, rec in notes["sites"].items():
+        errors = rec["heldout_error"]
+        assert list(errors) == ["none", "policy", "quantile", "trained"]
+        assert errors["trained"] <= errors["quantile"] + 1e-12, site  # training keeps its start when it cannot help
+        assert rec["rotation"] and rec["producer"] in ("norm", "rows")
+
+
+def test_attention_outputs_have_no_producer_here():
+    _, _, ctx = transform(build_tiny_llama(), [UNTIE, ONLINE, ("smooth_inputs", {})])
+    assert all(s.endswith("o_proj") for s in ctx.notes["smoothing"]["skipped"])
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(RecipeError, match="inputs must name"):
+        PASSES["smooth_inputs"](inputs=["attention"])
+    with pytest.raises(RecipeError, match="search must be"):
+        PASSES["smooth_inputs"](search="grid")
+    with pytest.raises(RecipeError, match="quantile"):
+        PASSES["smooth_inputs"](quantile=0.0)
+    with pytest.raises(PreconditionError, match="untie_embeddings"):
+        transform(build_tiny_llama(), [FOLD, ("smooth_inputs", {"inputs": ["norm"]})])
