@@ -41,6 +41,7 @@ class Options:
     force: bool = False
     progress: bool = True
     dump_dir: Path | None = None
+    layer_error: bool = True  # per-site layer error after each stage-A pass (evaluate.layer_error)
 
     def out_dir(self) -> Path:
         if self.out:
@@ -97,16 +98,24 @@ def run(opts: Options, log=print) -> dict:
         ppl["stage_a"] = evaluator.torch_program(fx_graph.programs.logits, "stage A")
         t_eval["seconds"] += time.perf_counter() - t
 
-    manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log)
+    probe = None
+    if opts.layer_error:
+        from qpasses.evaluate.layer_error import LayerErrorProbe
+
+        probe = LayerErrorProbe(passes, log=log)
+        probe.start(graph, ctx)
+    manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log,
+                          after_pass=(lambda g, r: probe.after(g, ctx, r)) if probe else None)
     final, results = manager.run(graph, ctx)
     metadata = provenance(recipe, results, loaded, ctx)
     with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
         save(final, folder, loaded, metadata)
-        quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"]
+        probe_seconds = probe.seconds if probe else 0.0
+        quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"] - probe_seconds
         rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata, ctx.notes))
         ppl["quant"] = evaluator.ort(folder / "model.onnx", "deployed (onnxruntime)")
         report = rep.build(opts, folder, recipe, loaded, results, ppl, evaluator, quantize_seconds,
-                           time.perf_counter() - t_start)
+                           time.perf_counter() - t_start, layer_error=probe.table if probe else {})
         rep.write(report, folder)
     log(rep.render_markdown(report))
     return report
@@ -158,12 +167,13 @@ def provenance(recipe, results, loaded, ctx) -> dict[str, str]:
 
 def manifest(recipe, results, loaded, metadata: dict[str, str], notes: dict) -> dict:
     """manifest.json: the recipe as run, per-rule counts, the rotations chosen (with their seeds),
-    the model's provenance and tool versions."""
+    the smoothing scales' policies and errors, the model's provenance and tool versions."""
     return {
         "recipe": {"name": recipe.name, "sha256": recipe.sha256, "text": recipe.text},
         "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
         "model": {"name": loaded.name, "kind": loaded.kind, "source": {k: str(v) for k, v in loaded.source.items()}},
         "rotations": notes.get("rotations", {}),
+        "smoothing": notes.get("smoothing", {}),
         "ort": json.loads(metadata["qpasses.ort"]),
         "versions": json.loads(metadata["qpasses.versions"]),
     }

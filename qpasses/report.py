@@ -63,8 +63,10 @@ def weight_count(loaded) -> int:
                if v.const_value is not None and v.const_value.dtype.is_floating_point())
 
 
-def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_seconds, total_seconds) -> dict:
-    """The report of a run whose deployed files are in `out`."""
+def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_seconds, total_seconds,
+          layer_error: dict | None = None) -> dict:
+    """The report of a run whose deployed files are in `out`; `layer_error` is the table of
+    evaluate.layer_error ({site: {pass: E}}, empty when the probe was off)."""
     count = weight_count(loaded)
     stored = stored_weight_bytes(out)
     return {
@@ -90,6 +92,7 @@ def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_sec
         "ort": ort_settings(out / "model.onnx").describe(),
         "files": sorted(f.name for f in out.iterdir()),
         "versions": versions(),
+        "layer_error": layer_error or {},
     }
 
 
@@ -127,6 +130,11 @@ def render_markdown(r: dict) -> str:
     for p in r["passes"]:
         rw = ", ".join(f"{k} {v}" for k, v in p["rewrites"].items()) or "-"
         lines.append(f"| {p['name']} | {rw} | {p['seconds']:.2f} |")
+    if r.get("layer_error"):
+        from qpasses.evaluate.layer_error import summary
+
+        lines += ["", "## Layer error (held-out tokens, E = ‖X·Wfᵀ − Qa(X)·Wqᵀ‖² / ‖X·Wfᵀ‖² per site)", "",
+                  summary(r["layer_error"])]
     lines += ["", "versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), ""]
     return "\n".join(lines)
 

@@ -34,5 +34,11 @@ def transform(model, steps, decoder=False):
     return graph, counts, ctx
 
 
+def logits(graph) -> np.ndarray:
+    """The logits program's output on IDS."""
+    with torch.no_grad():
+        return graph.programs.logits.module()(IDS, torch.ones_like(IDS)).numpy()
+
+
 def rel(a, b) -> float:
     return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())

@@ -37,8 +37,10 @@ class CalibrationSource:
             self._windows = calibration_windows(ids, self.n, seed=self.seed)
         return self._windows
 
-    def stats(self, graph, sites, spec: StatsSpec, heldout: bool = False, tap: str = "input") -> dict[str, SiteStats]:
-        """Statistics of each site's input (keyed by site name) on `graph` as it is now.
+    def stats(self, graph, sites, spec: StatsSpec, heldout: bool = False, tap: str = "input",
+              limit: int | None = None) -> dict[str, SiteStats]:
+        """Statistics of each site's input (keyed by site name) on `graph` as it is now, over the
+        calibration windows (or the held-out ones; only the first `limit` windows when given).
 
         tap (stage A only) says which tensor in front of the linear is measured:
             input      what the linear reads
@@ -49,7 +51,7 @@ class CalibrationSource:
             raise ValueError(f"tap must be one of {', '.join(TAPS)}, got {tap!r}")
         if tap != "input" and graph.stage != "fx":
             raise PreconditionError(f"tap {tap!r} is measured on the torch stage only")
-        windows = self.windows()[1 if heldout else 0]
+        windows = self.windows()[1 if heldout else 0][:limit]
         key = (f"{graph.fingerprint()}:{tap}", windows_digest(windows), spec)
         names = [s.name for s in sites]
         hit = self.cache.get(*key, sites=names)

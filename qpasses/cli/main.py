@@ -32,7 +32,8 @@ def _run(args) -> int:
                    calib_windows=args.calib_windows, eval_windows=args.eval_windows, eval_text=args.text,
                    no_eval=args.no_eval, stage_a_eval=not args.no_stage_a_eval, seed=args.seed, threads=args.threads,
                    sets=args.set or [],
-                   force=args.force, progress=not args.no_progress, dump_dir=args.dump)
+                   force=args.force, progress=not args.no_progress, dump_dir=args.dump,
+                   layer_error=not args.no_layer_error)
     run(opts)
     return 0
 
@@ -71,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="PASS.KEY=VALUE", help="override a recipe setting (repeatable)")
     r.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     r.add_argument("--dump", type=Path, help="write the graph before and after every pass into this folder")
+    r.add_argument("--no-layer-error", action="store_true",
+                   help="skip the per-site layer error probe, which costs one held-out forward per stage-A pass")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=_run)
     e = sub.add_parser("eval", help="perplexity of an exported ONNX model", description=eval_cmd.DESCRIPTION,

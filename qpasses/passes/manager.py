@@ -3,8 +3,9 @@
 Stage A (fx) comes first for torch models; the first pass that only runs on ONNX triggers the
 stage change (export), which the caller supplies as `to_onnx`. After every pass the manager
 runs the pass's `ensures` and the stage's own `verify`, refuses zero rewrites from a pass that
-must fire, and (with `dump_dir` or $QPASSES_DUMP) writes the graph before and after each pass.
-Failures name the passes already run.
+must fire, (with `dump_dir` or $QPASSES_DUMP) writes the graph before and after each pass, and
+calls `after_pass(graph, result)` if given (e.g. the layer error probe). Failures name the
+passes already run.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from qpasses.passes.base import Context, Pass, PassResult
 
 class PassManager:
     def __init__(self, passes: list[Pass], to_onnx: Callable, on_stage_change: Callable | None = None,
-                 dump_dir: Path | None = None, log: Callable[[str], None] = print):
+                 dump_dir: Path | None = None, log: Callable[[str], None] = print,
+                 after_pass: Callable[[object, PassResult], None] | None = None):
         self.passes = passes
         self.to_onnx = to_onnx
         self.on_stage_change = on_stage_change
         env = os.environ.get("QPASSES_DUMP")
         self.dump_dir = Path(dump_dir or env) if (dump_dir or env) else None
         self.log = log
+        self.after_pass = after_pass
 
     def run(self, graph, ctx: Context) -> tuple[object, list[PassResult]]:
         """Run every pass; return the final (ONNX-stage) graph and one result per step."""
@@ -39,6 +42,8 @@ class PassManager:
                     raise PreconditionError(f"pass {p.name!r} does not run on {graph.stage} graphs (it runs on "
                                             f"{', '.join(p.stages)}); with an ONNX input only ONNX-capable passes work")
             results.append(self._run_one(i, p, graph, ctx, results))
+            if self.after_pass:
+                self.after_pass(graph, results[-1])
         if graph.stage == "fx":
             graph = self._change_stage(graph, results)
         return graph, results

@@ -51,10 +51,10 @@ class Settings:
     alphas: tuple[float, ...] = smoothing.AGRID
     quantiles: tuple[float, ...] = smoothing.QGRID
     train: bool = False
-    steps: int = 200
-    lr: float = 5e-3
+    steps: int = 100
+    lr: float = 1e-2
     beta: float = 4.0
-    batch: int = 1024
+    batch: int = 512
     tokens: int = 4096  # calibration tokens kept per site for the searches and the training
     heldout_tokens: int = 2048
     seed: int = 0

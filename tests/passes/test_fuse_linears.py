@@ -4,8 +4,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from onnx_builders import linear_model, run_ort
+
 from qpasses.ir.onnx_stage import OnnxStage
 from qpasses.passes.base import Context
 from qpasses.passes.fuse_linears import FuseLinears

@@ -7,12 +7,12 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-
 from onnx_builders import linear_model, run_ort
+from qpasses.models.tiny import build_tiny_llama
+
 from qpasses.export.capture import capture
 from qpasses.ir.fx_stage import FxStage
 from qpasses.ir.onnx_stage import OnnxStage
-from qpasses.models.tiny import build_tiny_llama
 from qpasses.numerics.rotation import Rotation
 from qpasses.passes.base import Context
 from qpasses.passes.fuse_rotations import FuseRotations

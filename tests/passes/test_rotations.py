@@ -9,7 +9,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
-from fx_helpers import IDS, rel, transform
+from fx_helpers import IDS, logits, rel, transform
 from qpasses.models.tiny import build_tiny_llama
 
 from qpasses.errors import PreconditionError, RecipeError
@@ -31,21 +31,13 @@ STRATEGIES = {
     "torq": TORQ,
     "torq-l2": [(n, {**s, "level1": False} if n.startswith("rotate") else s) for n, s in TORQ],
 }
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-llama-96"])
-def model(request):
-    m = build_tiny_llama(request.param)
-    with torch.no_grad():
-        ref = m(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits.numpy()
-    return m, ref
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_rotations_preserve_logits_in_torch(model, strategy):
     m, ref = model
     graph, counts, _ = transform(m, STRATEGIES[strategy])
-    with torch.no_grad():
-        out = graph.programs.logits.module()(IDS, torch.ones_like(IDS))
-    assert rel(out, ref) < 1e-4, counts
+    assert rel(logits(graph), ref) < 1e-4, counts
     assert all(sum(c.values()) for c in counts.values())
 
 

@@ -9,7 +9,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
-from fx_helpers import IDS, rel, transform
+from fx_helpers import IDS, logits, rel, transform
 from qpasses.models.tiny import build_tiny_llama
 
 from qpasses.errors import PreconditionError, RecipeError
@@ -28,21 +28,11 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", params=["tiny-llama", "tiny-llama-96"])
-def model(request):
-    m = build_tiny_llama(request.param)
-    with torch.no_grad():
-        ref = m(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits.numpy()
-    return m, ref
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_scales_preserve_logits_in_torch(model, case):
     m, ref = model
     graph, counts, _ = transform(m, CASES[case])
-    with torch.no_grad():
-        out = graph.programs.logits.module()(IDS, torch.ones_like(IDS))
-    assert rel(out, ref) < 1e-4, counts
+    assert rel(logits(graph), ref) < 1e-4, counts
     layers = m.config.num_hidden_layers
     smoothed = counts["smooth_inputs"]
     assert smoothed["smooth.other.rows"] == layers  # every down_proj, 1/s in up_proj's rows
