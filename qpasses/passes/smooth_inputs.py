@@ -12,7 +12,9 @@ deployment quantizers (`format`) and R on calibration tokens, and reported on he
     joint     search over `alphas` x `quantiles`          (search = "joint")
     trained   s = s0 exp(θ) by Adam, box ±log β, zero-mean θ, best held-out step  (train = true)
 Searches run on the selected site (the one with the largest policy error) and replay its
-(alpha, q) on every site with their own statistics (per_layer = true: each site searches).
+(alpha, q) on every site with their own statistics (per_layer = true: each site searches); a
+site keeps the previous rung's scales where the replayed ones are worse on calibration tokens,
+so every rung is at least as good as the one before it there.
 Stage: fx.
 """
 
@@ -110,6 +112,13 @@ class Group:
         return smoothing.policy_scales(self.a(q), smoothing.column_absmax(self.w), alpha)
 
 
+def _better(g: Group, s: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """A replayed (alpha, q) can ruin another site (a channel whose quantile is ~0 gets s ≈ 1e-5,
+    and its rare spikes explode): each rung keeps the previous rung's scales where the new ones
+    are not better on the calibration tokens."""
+    return s if g.calib.error(s) <= g.calib.error(previous) else previous
+
+
 class SmoothInputs(Pass):
     name = "smooth_inputs"
     stages = ("fx",)
@@ -189,7 +198,9 @@ class SmoothInputs(Pass):
                 chosen[g.name] = table[0][:2]
                 if g is pick:
                     info[level] = {"alpha": table[0][0], "quantile": table[0][1], "table": table}
-            levels[level] = {g.name: g.scales(*chosen.get(g.name, chosen[pick.name])) for g in groups}
+            prev = levels[list(levels)[-1]]
+            levels[level] = {g.name: _better(g, g.scales(*chosen.get(g.name, chosen[pick.name])), prev[g.name])
+                             for g in groups}
         if st.train:
             levels["trained"] = self._train(groups, levels[list(levels)[-1]], info, progress)
         final = list(levels)[-1]
