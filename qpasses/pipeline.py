@@ -167,13 +167,15 @@ def provenance(recipe, results, loaded, ctx) -> dict[str, str]:
 
 def manifest(recipe, results, loaded, metadata: dict[str, str], notes: dict) -> dict:
     """manifest.json: the recipe as run, per-rule counts, the rotations chosen (with their seeds),
-    the smoothing scales' policies and errors, the model's provenance and tool versions."""
+    the smoothing scales' policies and errors, the
+    optimized weights' layer errors (rtn vs optimized), the model's provenance and tool versions."""
     return {
         "recipe": {"name": recipe.name, "sha256": recipe.sha256, "text": recipe.text},
         "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
         "model": {"name": loaded.name, "kind": loaded.kind, "source": {k: str(v) for k, v in loaded.source.items()}},
         "rotations": notes.get("rotations", {}),
         "smoothing": notes.get("smoothing", {}),
+        "weights": notes.get("weights", {}),
         "ort": json.loads(metadata["qpasses.ort"]),
         "versions": json.loads(metadata["qpasses.versions"]),
     }

@@ -9,7 +9,7 @@ X   the site's float input as the current graph computes it (tap "float": after 
     WINDOWS held-out windows;
 Wf  the site's last float weight: the current one, or the copy kept before it was quantized;
 Wq  the current (on-grid) weight once quantized, else Wf through the recipe's quantize_weights
-    format for that site (Wf when the recipe has none);
+    (or optimize_weights) format for that site, by round to nearest (Wf when the recipe has none);
 Qa  the quant_act in front of the linear, else the recipe's quantize_activations format for the
     site (identity when it has none).
 
@@ -60,7 +60,8 @@ class LayerErrorProbe:
         first = {}
         for p in passes:
             first.setdefault(p.name, p)
-        self.weights, self.acts = first.get("quantize_weights"), first.get("quantize_activations")
+        self.weights = first.get("quantize_weights") or first.get("optimize_weights")
+        self.acts = first.get("quantize_activations")
         self.tokens, self.log = tokens, log or (lambda line: None)
         self.table: dict[str, dict[str, float]] = {}
         self.seconds = 0.0  # time spent measuring

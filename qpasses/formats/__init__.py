@@ -30,17 +30,21 @@ from qpasses.formats.spec import ActFormat, WeightFormat
 from qpasses.formats.weight import QuantizedWeight
 
 
-def quantize_weight(w: np.ndarray, fmt: WeightFormat) -> QuantizedWeight:
+def quantize_weight(w: np.ndarray, fmt: WeightFormat, scales: np.ndarray | None = None) -> QuantizedWeight:
     """float32 [N, K] (torch W[n, k]) -> QuantizedWeight, quantized along K.
 
-    Idempotent on the grid: quantize_weight(dequantize_weight(q), q.fmt) reproduces q exactly.
+    scales: chosen scales in the QuantizedWeight.scales layout [N, nblocks] (INT: float32 step
+    sizes, symmetric only; MXFP4: E8M0 codes) instead of the format's rule; codes are then the
+    round-to-nearest of w / scale, clamped to the grid.
+    Idempotent on the grid: quantize_weight(dequantize_weight(q), q.fmt, q.scales) reproduces q
+    exactly, and without scales too for the rule's own scales.
     """
     w = np.asarray(w, np.float32)
     if w.ndim != 2:
         raise ValueError(f"quantize_weight takes a 2-D [N, K] weight, got shape {w.shape}")
     if not np.isfinite(w).all():
         raise ValueError("cannot quantize a weight that holds NaN or Inf")
-    return quantize_mxfp4(w, fmt) if fmt.kind == "mxfp4" else quantize_int(w, fmt)
+    return quantize_mxfp4(w, fmt, scales) if fmt.kind == "mxfp4" else quantize_int(w, fmt, scales)
 
 
 def dequantize_weight(q: QuantizedWeight) -> np.ndarray:

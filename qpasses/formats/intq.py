@@ -28,12 +28,15 @@ from qpasses.formats.weight import QuantizedWeight, block_length, merge_blocks, 
 F32 = np.float32
 
 
-def _quantize_blocks(blocks: np.ndarray, fmt: WeightFormat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """float32 [..., B] -> (codes uint8 [..., B], scales float32 [...], zero points uint8 [...])."""
+def _quantize_blocks(blocks: np.ndarray, fmt: WeightFormat,
+                     scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 [..., B] -> (codes uint8 [..., B], scales float32 [...], zero points uint8 [...]).
+    Symmetric only: `scales` (float32 [...], positive) replaces the amax / qmax rule."""
     if fmt.symmetric:
         qmax = F32(2 ** (fmt.bits - 1) - 1)
-        amax = np.abs(blocks).max(-1)
-        scales = np.where(amax > 0, amax / qmax, F32(1)).astype(F32)
+        if scales is None:
+            amax = np.abs(blocks).max(-1)
+            scales = np.where(amax > 0, amax / qmax, F32(1)).astype(F32)
         q = np.clip(np.rint(blocks / scales[..., None]), -qmax - 1, qmax)
         zp = np.full(scales.shape, qmax + 1, np.uint8)
         return (q + (qmax + 1)).astype(np.uint8), scales, zp
@@ -61,12 +64,20 @@ def _dequantize_blocks(codes: np.ndarray, scales: np.ndarray, zp: np.ndarray) ->
     return (codes.astype(F32) - zp.astype(F32)[..., None]) * scales[..., None]
 
 
-def quantize_int(w: np.ndarray, fmt: WeightFormat) -> QuantizedWeight:
-    """float32 [N, K] -> QuantizedWeight (INT4/INT8), quantized along K in blocks of fmt.block_size."""
+def quantize_int(w: np.ndarray, fmt: WeightFormat, scales: np.ndarray | None = None) -> QuantizedWeight:
+    """float32 [N, K] -> QuantizedWeight (INT4/INT8), quantized along K in blocks of fmt.block_size,
+    with the rule's scales or the given ones (symmetric only, float32 [N, nblocks], positive)."""
     n, k = w.shape
     blocks = split_blocks(np.asarray(w, F32), block_length(fmt, k))
     nb, b = blocks.shape[1:]
-    codes, scales, zp = _quantize_blocks(blocks.reshape(n * nb, b), fmt)
+    if scales is not None:
+        if not fmt.symmetric:
+            raise ValueError("given scales need a symmetric format")
+        scales = np.asarray(scales, F32)
+        if scales.shape != (n, nb) or not (np.isfinite(scales) & (scales > 0)).all():
+            raise ValueError(f"int scales must be finite positive float32 of shape {(n, nb)}")
+        scales = scales.reshape(n * nb)
+    codes, scales, zp = _quantize_blocks(blocks.reshape(n * nb, b), fmt, scales)
     return QuantizedWeight(fmt, (n, k), codes.reshape(n, nb, b), scales.reshape(n, nb), zp.reshape(n, nb))
 
 

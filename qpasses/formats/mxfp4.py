@@ -83,11 +83,15 @@ def block_exponent(amax: np.ndarray, scale_rule: str = "floor") -> np.ndarray:
     return np.clip(e - 2, -127, 127).astype(np.int32)
 
 
-def quantize_mxfp4(w: np.ndarray, fmt: WeightFormat) -> QuantizedWeight:
-    """float32 [N, K] -> MXFP4 QuantizedWeight: codes [N, ceil(K/32), 32], E8M0 scales [N, ceil(K/32)]."""
+def quantize_mxfp4(w: np.ndarray, fmt: WeightFormat, scales: np.ndarray | None = None) -> QuantizedWeight:
+    """float32 [N, K] -> MXFP4 QuantizedWeight: codes [N, ceil(K/32), 32], E8M0 scales [N, ceil(K/32)],
+    the scales from fmt.scale_rule or the given E8M0 codes (uint8 [N, ceil(K/32)])."""
     n, k = w.shape
     blocks = split_blocks(np.asarray(w, F32), BLOCK)
-    scales = e8m0_encode(block_exponent(np.abs(blocks).max(-1), fmt.scale_rule))
+    if scales is None:
+        scales = e8m0_encode(block_exponent(np.abs(blocks).max(-1), fmt.scale_rule))
+    elif np.asarray(scales).dtype != np.uint8 or np.asarray(scales).shape != blocks.shape[:2] or (scales == 255).any():
+        raise ValueError(f"mxfp4 scales must be uint8 E8M0 codes below 255 of shape {blocks.shape[:2]}")
     codes = e2m1_encode(blocks / e8m0_decode(scales)[..., None])
     return QuantizedWeight(fmt, (n, k), codes, scales, None)
 

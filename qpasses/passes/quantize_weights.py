@@ -68,7 +68,12 @@ class QuantizeWeights(Pass):
         return dict(counts)
 
     def ensures(self, graph, ctx):
-        for site in graph.sites():
-            q = ctx.quantized.get(site.weight_name)
-            if q is not None and not np.array_equal(site.weight(), dequantize_weight(q)):
-                raise PostconditionError(f"{site.name}: weight is not on the grid of its recorded codes")
+        on_grid(graph, ctx)
+
+
+def on_grid(graph, ctx) -> None:
+    """Every quantized site's weight is exactly the dequantization of its recorded codes."""
+    for site in graph.sites():
+        q = ctx.quantized.get(site.weight_name)
+        if q is not None and not np.array_equal(site.weight(), dequantize_weight(q)):
+            raise PostconditionError(f"{site.name}: weight is not on the grid of its recorded codes")

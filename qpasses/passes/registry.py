@@ -6,6 +6,7 @@ from qpasses.passes.fuse_linears import FuseLinears
 from qpasses.passes.fuse_norms import FuseNorms
 from qpasses.passes.fuse_rotations import FuseRotations
 from qpasses.passes.lower_linears import LowerLinears
+from qpasses.passes.optimize_weights import OptimizeWeights
 from qpasses.passes.quantize_activations import QuantizeActivations
 from qpasses.passes.quantize_embeddings import QuantizeEmbeddings
 from qpasses.passes.quantize_weights import QuantizeWeights
@@ -16,6 +17,6 @@ from qpasses.passes.smooth_inputs import SmoothInputs
 from qpasses.passes.untie_embeddings import UntieEmbeddings
 
 PASSES = {p.name: p for p in (UntieEmbeddings, FoldNorms, RotateResidual, RotateHeads, RotateInputs, SmoothInputs,
-                              QuantizeWeights,
+                              QuantizeWeights, OptimizeWeights,
                               QuantizeEmbeddings, QuantizeActivations, LowerLinears, FuseLinears, FuseRotations,
                               FuseNorms, FuseAttention)}

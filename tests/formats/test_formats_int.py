@@ -145,3 +145,25 @@ def test_rejects_bad_input():
     with pytest.raises(ValueError):
         QuantizedWeight(WeightFormat("mxfp4", 32), (2, 64), np.zeros((2, 2, 32), np.uint8),
                         np.ones((2, 2), np.uint8), np.full((2, 2), 8, np.uint8))
+
+
+def test_given_scales_round_to_nearest_and_round_trip():
+    w = np.random.default_rng(3).normal(size=(6, 100)).astype(np.float32)
+    fmt = WeightFormat("int4", 32)
+    scales = quantize_weight(w, fmt).scales * np.float32(0.8)  # clips the block maxima to -8 / 7
+    q = quantize_weight(w, fmt, scales)
+    assert np.array_equal(q.scales, scales)
+    blocks = np.concatenate([w, np.zeros((6, 28), np.float32)], 1).reshape(6, 4, 32)
+    assert np.array_equal(q.codes.astype(np.int32) - 8, np.clip(np.rint(blocks / scales[..., None]), -8, 7))
+    again = quantize_weight(dequantize_weight(q), fmt, q.scales)
+    assert np.array_equal(again.codes, q.codes) and np.array_equal(again.scales, q.scales)
+
+
+def test_given_scales_are_checked():
+    w = np.ones((2, 64), np.float32)
+    for fmt, scales, match in [(WeightFormat("int4", 32), np.ones((2, 3), np.float32), "shape"),
+                               (WeightFormat("int4", 32), -np.ones((2, 2), np.float32), "positive"),
+                               (WeightFormat("int4", 32, symmetric=False), np.ones((2, 2), np.float32), "symmetric"),
+                               (WeightFormat("mxfp4", 32), np.full((2, 2), 255, np.uint8), "E8M0")]:
+        with pytest.raises(ValueError, match=match):
+            quantize_weight(w, fmt, scales)

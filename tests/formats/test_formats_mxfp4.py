@@ -130,3 +130,14 @@ def test_tiny_blocks_clamp_to_2_pow_minus_127():
     q = quantize_weight(w, FLOOR)
     assert q.scales.tolist() == [[0]]
     assert np.array_equal(dequantize_weight(q), np.full((1, 32), 2.0**-128, F32))  # 0.5 * 2^-127
+
+
+def test_given_exponents_round_trip():
+    w = np.random.default_rng(4).normal(size=(3, 64)).astype(np.float32)
+    fmt = WeightFormat("mxfp4", 32)
+    codes = quantize_weight(w, fmt).scales + np.uint8(1)  # one binade up: nothing saturates
+    q = quantize_weight(w, fmt, codes)
+    assert np.array_equal(q.scales, codes)
+    assert np.array_equal(dequantize_weight(q), e2m1_decode(e2m1_encode(w.reshape(3, 2, 32) / e8m0_decode(codes)[..., None])).reshape(3, 64) * np.repeat(e8m0_decode(codes), 32, 1))
+    again = quantize_weight(dequantize_weight(q), fmt, q.scales)
+    assert np.array_equal(again.codes, q.codes)

@@ -1,0 +1,220 @@
+"""optimize_weights: weights quantized against calibration data: PiSO or grid scales, GPTQ codes
+(algorithms.md 4).
+
+Identity relied on: ‖X Wᵀ − X Ŵᵀ‖²_F = Σ_rows (w − ŵ)ᵀ H (w − ŵ) with H = XᵀX, so every choice
+here (a block's scale by PiSO or a grid, GPTQ's error-corrected codes) lowers one layer's output
+error; the graph changes only by Ŵ, on the format's grid, with its codes in ctx.quantized exactly
+as quantize_weights records them.
+
+    scales   rtn   the format's rule (amax / 7; MXFP4: OCP floor exponent)
+             grid  the best of `grid_points` scales in [0.5, 1.1]·amax/7 (the brute-force baseline)
+             piso  the exact optimum (numerics.piso); MXFP4: the best E8M0 exponent (grid = piso)
+    hessian  dense H, its diagonal, or identity (plain weight MSE: data-free, no calibration)
+    gptq     GPTQ with act-order and damping; scales chosen group by group on the error-corrected
+             weights (numerics.gptq)
+    objective  unquantized: H from the float model's inputs, all measured before any change;
+               self: layer-sequential, each linear's H from the model with every earlier linear
+               already quantized (the GPTQ objective; "auto" picks it with gptq)
+Linears that read the same tensor (q/k/v, gate/up) share one H. Stage: fx.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from qpasses.calibration.collect_fx import tap_node
+from qpasses.calibration.sequential import layer_sequential
+from qpasses.calibration.stats import StatsSpec
+from qpasses.errors import PreconditionError
+from qpasses.formats import dequantize_weight, e8m0_encode, quantize_weight
+from qpasses.formats.mxfp4 import block_exponent
+from qpasses.formats.spec import WeightFormat
+from qpasses.formats.weight import block_length
+from qpasses.ir.sites import check_finite, select
+from qpasses.numerics import gptq, piso
+from qpasses.passes.base import Pass
+from qpasses.passes.quantize_weights import on_grid
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class Settings:
+    format: str = "int4"  # int4 (symmetric) | mxfp4
+    block_size: int = 64  # int4: 0 = per output channel; mxfp4: always 32
+    scales: str = "piso"  # rtn | grid | piso
+    gptq: bool = False
+    hessian: str = "dense"  # dense | diag | identity
+    objective: str = "auto"  # unquantized | self | auto (self with gptq, else unquantized)
+    act_order: bool = True
+    damp: float = 0.01
+    grid_points: int = 100
+    windows: int = 32  # calibration windows of 512 tokens for H
+
+    def __post_init__(self):
+        self.weight_format()
+        checks = [
+            (self.format in ("int4", "mxfp4"), f"format must be int4 or mxfp4, got {self.format!r}"),
+            (self.scales in ("rtn", "grid", "piso"), f"scales must be rtn, grid or piso, got {self.scales!r}"),
+            (self.hessian in ("dense", "diag", "identity"), f"hessian must be dense, diag or identity, got {self.hessian!r}"),
+            (self.objective in ("auto", "unquantized", "self"), f"objective must be auto, unquantized or self, got {self.objective!r}"),
+            (self.gptq or self.scales != "rtn", "scales = rtn without gptq is plain quantize_weights; use that pass"),
+            (not (self.gptq and self.hessian == "identity"), "gptq needs calibration data: hessian dense or diag"),
+            (not (self.gptq and self.objective == "unquantized"),
+             "gptq corrects errors against the quantized model's inputs: objective self (or auto)"),
+            (self.damp >= 0 and self.grid_points >= 2 and self.windows >= 1, "damp >= 0, grid_points >= 2, windows >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def weight_format(self) -> WeightFormat:
+        return WeightFormat(self.format, 32 if self.format == "mxfp4" else self.block_size, True)
+
+    @property
+    def sequential(self) -> bool:
+        return self.objective == "self" or (self.objective == "auto" and self.gptq)
+
+    def rule(self) -> str:
+        fmt = self.weight_format()
+        group = "mxfp4" if fmt.kind == "mxfp4" else f"int4_{f'g{fmt.block_size}' if fmt.block_size else 'per_channel'}"
+        method = ("gptq+" if self.gptq else "") + ("" if self.scales == "rtn" else self.scales)
+        return f"{method.rstrip('+')}.{group}"
+
+
+class Solver:
+    """One site's weight, H -> QuantizedWeight, by the settings' method."""
+
+    def __init__(self, st: Settings):
+        self.st, self.fmt = st, st.weight_format()
+        self.grid = piso.E2M1 if self.fmt.kind == "mxfp4" else piso.INT4
+
+    def curvature(self, h: torch.Tensor | None) -> torch.Tensor | None:
+        if h is None or self.st.hessian == "identity":
+            return None
+        return h.diagonal().clone() if self.st.hessian == "diag" else h
+
+    def scales_for(self, w: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        """Rows w [N, g] of one block, its H block -> the block's scale per row [N]."""
+        amax = w.abs().amax(1)
+        if self.fmt.kind == "mxfp4":
+            e0 = torch.from_numpy(block_exponent(amax.float().numpy()).astype(np.int64))
+            e = e0 if self.st.scales == "rtn" else piso.optimal_exponents(w, e0, self.curvature(h))[0]
+            return torch.ldexp(torch.ones_like(amax), e)
+        if self.st.scales == "rtn":
+            return torch.where(amax > 0, amax / 7, 1.0)
+        if self.st.scales == "grid":
+            return piso.grid_scales(w, self.grid, self.curvature(h), self.st.grid_points)[0]
+        return piso.optimal_scales(w, self.grid, self.curvature(h))[0]
+
+    def round_to(self, col: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return piso.nearest(col / s, self.grid) * s
+
+    def solve(self, w: np.ndarray, h: torch.Tensor | None):
+        """float32 W [N, K], H [K, K] (None: identity) -> QuantizedWeight."""
+        k = w.shape[1]
+        group = block_length(self.fmt, k)
+        target = torch.from_numpy(w).to(F64)
+        if self.st.gptq:  # Ŵ comes out on the grid of its scales; the format re-derives the codes
+            target, scales = gptq.gptq(target, h, group, self.scales_for, self.round_to, self.st.damp,
+                                       self.st.act_order)
+        else:
+            cols = [slice(a, min(a + group, k)) for a in range(0, k, group)]
+            scales = torch.stack([self.scales_for(target[:, c], None if h is None else h[c, c]) for c in cols], 1)
+        if self.fmt.kind == "mxfp4":
+            stored = e8m0_encode(torch.log2(scales).round().long().numpy())
+        else:
+            stored = scales.float().numpy()
+        return quantize_weight(target.float().numpy(), self.fmt, stored)
+
+
+def relative_error(w: np.ndarray, wq: np.ndarray, h: torch.Tensor | None) -> float:
+    """‖X(W − Ŵ)ᵀ‖² / ‖X Wᵀ‖² = tr(D H Dᵀ) / tr(W H Wᵀ) (H = I when None)."""
+    wt, d = torch.from_numpy(w).to(F64), torch.from_numpy(w - wq).to(F64)
+    if h is None:
+        return float(d.square().sum() / wt.square().sum().clamp_min(1e-300))
+    return float(((d @ h) * d).sum() / ((wt @ h) * wt).sum().clamp_min(1e-300))
+
+
+class OptimizeWeights(Pass):
+    name = "optimize_weights"
+    stages = ("fx",)
+    Settings = Settings
+
+    def requires(self, graph, ctx):
+        if self.settings.hessian != "identity" and ctx.calibration is None:
+            raise PreconditionError(f"{self.name} with hessian {self.settings.hessian!r} needs calibration data "
+                                    "(or hessian = identity, the data-free weight MSE)")
+
+    def run(self, graph, ctx):
+        sites, seen = [], set()
+        for site in select(graph.sites(), ctx.ignore):
+            if site.weight_name not in ctx.quantized and site.weight_name not in seen:
+                seen.add(site.weight_name)
+                check_finite(site.weight_name, site.weight())
+                sites.append(site)
+        self.counts: Counter[str] = Counter()
+        if self.settings.hessian == "identity":
+            for site in tqdm(sites, desc=self.name, disable=not _progress(ctx)):
+                _apply(site, *self._solve(site, None, ctx), ctx)
+        else:
+            self._calibrated(graph, ctx, sites)
+        return dict(self.counts)
+
+    def _solve(self, site, h: torch.Tensor | None, ctx):
+        """(QuantizedWeight, its dequantized W) for one site; its errors vs RTN into the notes."""
+        st = self.settings_for(site, ctx)
+        w = site.weight()
+        q = Solver(st).solve(w, h)
+        wq, rtn = dequantize_weight(q), dequantize_weight(quantize_weight(w, st.weight_format()))
+        hn = None if st.hessian == "identity" else h
+        ctx.notes.setdefault("weights", {})[site.name] = {
+            "method": st.rule(), "rtn": relative_error(w, rtn, hn), "optimized": relative_error(w, wq, hn)}
+        self.counts[st.rule()] += 1
+        return q, wq
+
+    def _calibrated(self, graph, ctx, sites) -> None:
+        """H per shared input, layer-sequentially; weights applied at once (self) or at the end."""
+        ep = graph.programs.logits
+        pos = {n: i for i, n in enumerate(ep.graph.nodes)}
+        groups: dict[tuple, list] = {}
+        for site in sites:
+            node = next((n for p, n in site.uses if p == "logits"), None)
+            if node is None:
+                raise PreconditionError(f"{site.name} is not in the logits program; {self.name} cannot measure it")
+            groups.setdefault((tap_node(node, "float"), ctx.act_formats.get(site.weight_name)), []).append((site, node))
+        ordered = sorted((sorted(g, key=lambda m: pos[m[1]]) for g in groups.values()), key=lambda g: pos[g[0][1]])
+        reps = [{g[0][0].name: g[0][1]} for g in ordered]  # one H per group, measured at its first linear
+        windows = ctx.calibration.windows()[0][: self.settings.windows]
+        spec = StatsSpec(moments=False, absmax=False, gram=True, max_tokens=max(1, windows.numel()))
+        later = []
+
+        def step(i, stats):
+            h = stats[ordered[i][0][0].name].gram
+            for site, _ in ordered[i]:
+                solved = (site, *self._solve(site, h, ctx))
+                if self.settings.sequential:
+                    _apply(*solved, ctx)
+                else:
+                    later.append(solved)
+
+        layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx))
+        for solved in later:
+            _apply(*solved, ctx)
+
+    def ensures(self, graph, ctx):
+        on_grid(graph, ctx)
+
+
+def _apply(site, q, wq, ctx) -> None:
+    site.set_weight(wq)
+    ctx.quantized[site.weight_name] = q
+
+
+def _progress(ctx) -> bool:
+    return getattr(ctx.calibration, "progress", True)

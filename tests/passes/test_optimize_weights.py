@@ -1,0 +1,100 @@
+"""optimize_weights on the tiny models: every method puts the weights on the format's grid with
+their codes recorded, lowers the layer error it optimizes below round to nearest, and refuses
+bad settings clearly. (Bit-exact packing of the result: every built-in recipe in test_cli.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fx_helpers import transform
+
+from qpasses.errors import InputError, PreconditionError, RecipeError
+from qpasses.formats import dequantize_weight
+from qpasses.passes.base import Context
+from qpasses.passes.registry import PASSES
+
+CASES = {
+    "int4-grid-mse": {"block_size": 32, "scales": "grid", "hessian": "identity"},
+    "int4-piso-diag": {"block_size": 32, "hessian": "diag"},
+    "int4-piso": {"block_size": 32},
+    "int4-gptq": {"block_size": 32, "scales": "rtn", "gptq": True},
+    "int4-piso-gptq": {"block_size": 32, "gptq": True},
+    "int4-per-channel-piso-gptq": {"block_size": 0, "gptq": True},
+    "mxfp4-mse": {"format": "mxfp4", "scales": "grid", "hessian": "identity"},
+    "mxfp4-piso": {"format": "mxfp4"},
+    "mxfp4-piso-gptq": {"format": "mxfp4", "gptq": True},
+}
+
+
+def errors(ctx):
+    notes = ctx.notes["weights"]
+    return np.array([v["rtn"] for v in notes.values()]), np.array([v["optimized"] for v in notes.values()])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_weights_land_on_the_grid_with_a_lower_error_than_rtn(model, case):
+    m, _ = model
+    settings = CASES[case]
+    graph, counts, ctx = transform(m, [("optimize_weights", settings)])
+    sites = graph.sites()
+    assert sum(counts["optimize_weights"].values()) == len({s.weight_name for s in sites})
+    for site in sites:
+        q = ctx.quantized[site.weight_name]
+        assert q.fmt.kind == settings.get("format", "int4")
+        assert np.array_equal(site.weight(), dequantize_weight(q))
+    PASSES["optimize_weights"](**settings).ensures(graph, ctx)
+    rtn, opt = errors(ctx)
+    if not settings.get("gptq") and settings.get("hessian") != "dense" and "hessian" in settings:
+        assert (opt <= rtn * (1 + 1e-6)).all()  # separable objective: exact per block, so never worse
+    assert opt.mean() < rtn.mean()
+
+
+def test_self_objective_measures_each_linear_after_the_earlier_ones_are_quantized(model):
+    m, _ = model
+    _, _, float_ctx = transform(m, [("optimize_weights", {"block_size": 32, "objective": "unquantized"})])
+    _, _, self_ctx = transform(m, [("optimize_weights", {"block_size": 32, "objective": "self"})])
+    first = next(iter(float_ctx.notes["weights"]))
+    assert float_ctx.notes["weights"][first] == self_ctx.notes["weights"][first]  # layer 0 sees the same input
+    assert float_ctx.notes["weights"] != self_ctx.notes["weights"]
+
+
+def test_quantized_activations_are_what_gptq_sees(model):
+    m, _ = model
+    steps = [("quantize_activations", {"format": "int8", "block_size": 32}),
+             ("optimize_weights", {"format": "mxfp4", "gptq": True})]
+    graph, counts, ctx = transform(m, steps)
+    assert counts["optimize_weights"] == {"gptq+piso.mxfp4": len({s.weight_name for s in graph.sites()})}
+    rtn, opt = errors(ctx)
+    assert opt.mean() < rtn.mean()
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"gptq": True, "hessian": "identity"}, "needs calibration data"),
+    ({"gptq": True, "objective": "unquantized"}, "objective self"),
+    ({"scales": "rtn"}, "quantize_weights"),
+    ({"format": "int8"}, "int4 or mxfp4"),
+    ({"block_size": 48}, "block_size"),
+    ({"hessian": "full"}, "dense, diag or identity"),
+])
+def test_bad_settings_are_recipe_errors(settings, match):
+    with pytest.raises(RecipeError, match=match):
+        PASSES["optimize_weights"](**settings)
+
+
+def test_calibration_is_required_unless_data_free(model):
+    m, _ = model
+    graph, _, _ = transform(m, [])
+    with pytest.raises(PreconditionError, match="needs calibration"):
+        PASSES["optimize_weights"]().requires(graph, Context())
+    PASSES["optimize_weights"](hessian="identity", scales="grid").requires(graph, Context())
+
+
+def test_nan_weights_are_named(model):
+    m, _ = model
+    graph, _, ctx = transform(m, [])
+    site = graph.sites()[0]
+    w = site.weight()
+    w[0, 0] = np.nan
+    site.set_weight(w)
+    with pytest.raises(InputError, match=site.weight_name):
+        PASSES["optimize_weights"]().run(graph, ctx)
