@@ -187,7 +187,8 @@ class OptimizeWeights(Pass):
             node = next((n for p, n in site.uses if p == "logits"), None)
             if node is None:
                 raise PreconditionError(f"{site.name} is not in the logits program; {self.name} cannot measure it")
-            groups.setdefault((tap_node(node, "float"), ctx.act_formats.get(site.weight_name)), []).append((site, node))
+            x = tap_node(node, "float").args[0]  # the float tensor read (q/k/v, gate/up: one)
+            groups.setdefault((x, ctx.act_formats.get(site.weight_name)), []).append((site, node))
         ordered = sorted((sorted(g, key=lambda m: pos[m[1]]) for g in groups.values()), key=lambda g: pos[g[0][1]])
         reps = [{g[0][0].name: g[0][1]} for g in ordered]  # one H per group, measured at its first linear
         windows = ctx.calibration.windows()[0][: self.settings.windows]

@@ -60,11 +60,12 @@ class ToDequantizeLinear(LinearRule):
                     ir.DataType.INT8: np.int8, ir.DataType.UINT8: np.uint8}[dtype]
         per_channel = q.fmt.block_size == 0
         scales = q.scales[:, 0] if per_channel else np.ascontiguousarray(q.scales.T)
-        inputs = [init(op, f"{w.name}.qweight", codes_t.astype(np_dtype), dtype),
-                  init(op, f"{w.name}.qscales", scales.astype(np.float32))]
+        # K-major codes: not the MatMulNBits layout a tied table's gather shares as `.qweight`
+        inputs = [init(op, f"{w.name}.dq_codes", codes_t.astype(np_dtype), dtype),
+                  init(op, f"{w.name}.dq_scales", scales.astype(np.float32))]
         if not signed:
             zp = q.zero_points[:, 0] if per_channel else np.ascontiguousarray(q.zero_points.T)
-            inputs.append(init(op, f"{w.name}.qzeros", zp.astype(np_dtype), dtype))
+            inputs.append(init(op, f"{w.name}.dq_zeros", zp.astype(np_dtype), dtype))
         attrs = {"axis": 1} if per_channel else {"axis": 0, "block_size": block}
         return op.MatMul(x, op.DequantizeLinear(*inputs, **attrs))
 

@@ -1,17 +1,19 @@
 """optimize_weights on the tiny models: every method puts the weights on the format's grid with
 their codes recorded, lowers the layer error it optimizes below round to nearest, and refuses
-bad settings clearly. (Bit-exact packing of the result: every built-in recipe in test_cli.)"""
+bad settings clearly; the chosen scales and codes pack bit-exactly into every lowered form."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from fx_helpers import transform
+from qpasses.models.tiny import build_tiny_llama
 
 from qpasses.errors import InputError, PreconditionError, RecipeError
 from qpasses.formats import dequantize_weight
 from qpasses.passes.base import Context
 from qpasses.passes.registry import PASSES
+from qpasses.pipeline import to_stage_b
 
 CASES = {
     "int4-grid-mse": {"block_size": 32, "scales": "grid", "hessian": "identity"},
@@ -98,3 +100,33 @@ def test_nan_weights_are_named(model):
     site.set_weight(w)
     with pytest.raises(InputError, match=site.weight_name):
         PASSES["optimize_weights"]().run(graph, ctx)
+
+
+@pytest.mark.parametrize("acts", [False, True])
+def test_linears_reading_one_tensor_share_one_hessian(model, monkeypatch, acts):
+    from qpasses.passes import optimize_weights
+
+    seen = []
+    real = optimize_weights.layer_sequential
+    monkeypatch.setattr(optimize_weights, "layer_sequential", lambda ep, groups, *a, **k: (seen.extend(groups),
+                                                                                          real(ep, groups, *a, **k)))
+    m, _ = model
+    steps = [("quantize_activations", {"format": "int8", "block_size": 32})] if acts else []
+    transform(m, [*steps, ("optimize_weights", {"block_size": 32})])
+    assert len(seen) == 4 * m.config.num_hidden_layers + 1  # q/k/v, o, gate/up, down; lm_head
+
+
+@pytest.mark.parametrize("settings, target", [
+    ({"block_size": 32, "gptq": True}, "qpasses"),
+    ({"block_size": 32}, "matmulnbits"),
+    ({"block_size": 0, "gptq": True}, "qdq"),
+    ({"format": "mxfp4", "gptq": True}, "qpasses"),
+    ({"format": "mxfp4"}, "matmulnbits"),
+])
+def test_chosen_scales_and_codes_pack_bit_exactly(settings, target):
+    graph, _, ctx = transform(build_tiny_llama(), [("optimize_weights", settings)])
+    stage = to_stage_b(graph)
+    lower = PASSES["lower_linears"](target=target)
+    counts = lower.run(stage, ctx)
+    assert sum(counts.values()) >= len(ctx.quantized)  # + the table tied to lm_head
+    lower.ensures(stage, ctx)  # every stored byte decodes to the recorded codes and scales
