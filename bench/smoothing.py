@@ -65,8 +65,10 @@ def main(argv=None) -> int:
     lines = ["| run | ppl ORT (80 x 512) | smooth_inputs s | quantize s | peak RSS GiB |", "|---|---|---|---|---|"]
     lines += [cost_row(f) for f in runs]
     lines.append("")
-    for f in runs:
-        lines += ladder(f)
+    ladders = [ladder(f) for f in runs]
+    full = [lad for lad in ladders if any(line.startswith("| trained |") for line in lad)]
+    for lad in full or ladders:  # the complete ladders say it all: shorter ones repeat their rungs
+        lines += lad
     text = "\n".join(lines) + "\n"
     out = args.out or runs[0].parent / "smoothing.md"
     out.write_text(text)
