@@ -53,7 +53,10 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, ro
     h_raw = h.clone()
     h.diagonal().add_(damp * h.diagonal().mean())
     perm = torch.cat(groups)
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h[perm][:, perm])), upper=True)
+    try:
+        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h[perm][:, perm])), upper=True)
+    except torch.linalg.LinAlgError:
+        raise ValueError(f"H + {damp} · mean(diag H) is not positive definite; raise damp") from None
     wp = w[:, perm]
     out = torch.zeros_like(wp)
     scales = torch.ones(n, len(groups), dtype=F64)

@@ -170,7 +170,10 @@ class OptimizeWeights(Pass):
         """(QuantizedWeight, its dequantized W) for one site; its errors vs RTN into the notes."""
         st = self.settings_for(site, ctx)
         w = site.weight()
-        q = Solver(st).solve(w, h)
+        try:
+            q = Solver(st).solve(w, h)
+        except ValueError as e:
+            raise PreconditionError(f"{site.name}: {e}") from None
         wq, rtn = dequantize_weight(q), dequantize_weight(quantize_weight(w, st.weight_format()))
         hn = None if st.hessian == "identity" else h
         ctx.notes.setdefault("weights", {})[site.name] = {

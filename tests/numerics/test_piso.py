@@ -129,3 +129,9 @@ def test_gptq_zeroes_columns_that_never_see_input():
     h[5, :] = h[:, 5] = 0
     wq, _ = gptq.gptq(w, h, 32, amax_scales, int4_round)
     assert (wq[:, 5] == 0).all()
+
+
+def test_gptq_says_when_h_is_not_positive_definite():
+    w, h = layer(3)
+    with pytest.raises(ValueError, match="raise damp"):
+        gptq.gptq(w, -h, 32, amax_scales, int4_round, damp=0.0)
