@@ -16,6 +16,8 @@ from qpasses.formats.spec import ActFormat
 from qpasses.ir.sites import ROTATION_PREFIX, LinearSite, TensorSite
 
 _LINEAR = torch.ops.aten.linear.default
+_MATMUL, _ADD = torch.ops.aten.matmul.default, torch.ops.aten.add.Tensor
+LOWRANK_PREFIX = "lowrank."  # constants L [K, r], R [r, N] of a linear's low-rank branch
 
 
 def weight_fqn(programs, prog_name: str, node: torch.fx.Node) -> str:
@@ -128,6 +130,54 @@ class FxStage:
                 n.replace_input_with(x, r)
             self.touched.add(prog)
         self.edits.append(f"rotate_input {key} {rotation.describe()}")
+
+    def add_lowrank(self, site: FxSite, rank: int) -> None:
+        """y ← y + (x L) R behind every use of `site`, x the linear's float input (in front of an
+        activation quantizer, so the branch reads what the op's `L`/`R` inputs read), L [K, rank] and
+        R [rank, N] zero constants `lowrank.<weight>.L/R` that `set_lowrank` fills. Identity: a zero
+        branch adds nothing."""
+        from qpasses.calibration.collect_fx import tap_node
+        from qpasses.ir.fx_edit import add_input
+
+        n, k = site.shape
+        for prog, node in site.uses:
+            ep, graph = getattr(self.programs, prog), node.graph
+            x = tap_node(node, "float").args[0]
+            lr = [add_input(ep, f"{LOWRANK_PREFIX}{site.weight_name}.{part}", torch.zeros(shape))
+                  for part, shape in (("L", (k, rank)), ("R", (rank, n)))]
+            with graph.inserting_after(node):
+                t = graph.call_function(_MATMUL, (x, lr[0]))
+            with graph.inserting_after(t):
+                b = graph.call_function(_MATMUL, (t, lr[1]))
+            with graph.inserting_after(b):
+                y = graph.call_function(_ADD, (node, b))
+            node.replace_all_uses_with(y, delete_user_cb=lambda user: user is not y)
+            fake = x.meta["val"].fake_mode.from_tensor
+            t.meta["val"] = _MATMUL(x.meta["val"], fake(lr[0].meta["val"]))
+            b.meta["val"] = _MATMUL(t.meta["val"], fake(lr[1].meta["val"]))
+            y.meta["val"] = node.meta["val"]
+            for new in (t, b, y):
+                new.meta.update({key: v for key, v in node.meta.items() if key in ("nn_module_stack", "stack_trace")})
+            self.touched.add(prog)
+        self.edits.append(f"add_lowrank {site.weight_name} {rank}")
+
+    def set_lowrank(self, site: FxSite, left: np.ndarray, right: np.ndarray) -> None:
+        """Fill the branch `add_lowrank` made: L [K, r], R [r, N] float32 (r = the branch's rank)."""
+        for part, value in (("L", left), ("R", right)):
+            key = f"{LOWRANK_PREFIX}{site.weight_name}.{part}"
+            for ep in self.programs.programs().values():
+                if tuple(ep.constants[key].shape) != value.shape:
+                    raise ValueError(f"{key}: the branch holds {tuple(ep.constants[key].shape)}, got {value.shape}")
+                ep.constants[key] = torch.from_numpy(np.ascontiguousarray(value, np.float32))
+            self.edits.append(f"set_lowrank {key} {hashlib.sha256(value.tobytes()).hexdigest()[:12]}")
+
+    def lowrank(self, site: FxSite) -> tuple[np.ndarray, np.ndarray] | None:
+        """(L, R) of the site's low-rank branch, or None."""
+        consts = self.programs.logits.constants
+        key = f"{LOWRANK_PREFIX}{site.weight_name}."
+        if key + "L" not in consts:
+            return None
+        return consts[key + "L"].numpy(), consts[key + "R"].numpy()
 
     def untie(self, alias: str) -> None:
         """Give the linears that read tied parameter `alias` a copy of their own; the embedding

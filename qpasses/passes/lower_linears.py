@@ -6,7 +6,8 @@ activation quantization in front fused into the op (INT8 weights → MatMulNBits
 accuracy_level 4); target "qdq": INT → DequantizeLinear (opset 21, blocked) + MatMul. Under those two
 stock-ORT targets MXFP4 → standard-op decode + MatMul (for users who cannot load custom ops).
 A Gather of a planned table → GatherBlockQuantized (INT) or a decode of the gathered MXFP4 rows,
-sharing bytes with a tied lm_head. Any
+sharing bytes with a tied lm_head. A low-rank branch (SRR) fuses into the runtime op's L, R inputs;
+under the stock-ORT targets it stays MatMul → MatMul → Add with its factors stored in fp16. Any
 QuantizeActivation left over is expanded into standard ops. Legality postcondition: no planned site
 and no QuantizeActivation survives, and every packed weight decodes to exactly the codes of its plan.
 """
@@ -32,6 +33,7 @@ from qpasses.rules.lower_gather import gather_rules
 from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
 from qpasses.rules.lower_runtime import runtime_rules
+from qpasses.rules.lowrank_fp16 import lowrank_fp16_rules
 
 TARGETS = ("qpasses", "matmulnbits", "qdq")
 
@@ -80,7 +82,8 @@ class LowerLinears(Pass):
         plan = ctx.quantized
         nbits = matmulnbits_rules(plan=plan, accuracy_level=self.settings.accuracy_level)
         ints = {"qpasses": runtime_rules(plan=plan) + nbits, "matmulnbits": nbits, "qdq": qdq_rules(plan=plan)}
-        return ints[self.settings.target] + mxfp4_std_rules(plan=plan) + gather_rules(plan) + expand_rules()
+        return (ints[self.settings.target] + mxfp4_std_rules(plan=plan) + gather_rules(plan) + expand_rules()
+                + lowrank_fp16_rules())
 
     def run(self, graph, ctx):
         per_graph = {}

@@ -15,7 +15,12 @@ as quantize_weights records them.
     objective  unquantized: H from the float model's inputs, all measured before any change;
                self: layer-sequential, each linear's H from the model with every earlier linear
                already quantized (the GPTQ objective; "auto" picks it with gptq)
-Linears that read the same tensor (q/k/v, gate/up) share one H. Stage: fx.
+    rank     > 0: SRR (numerics.srr), W ≈ Q + L·R with the method above as the quantizer of the
+             residual; `preserve` splits the rank: probe (k* with the quantization error measured
+             by RTN), spectral (the paper's one-shot rule), none (QER: reconstruct only), all
+             (preserve only). L, R are stored in fp16 in a branch y += (x L) R that reads the
+             linear's float input (FxStage.add_lowrank), which lowering fuses into the op.
+Linears that read the same tensor (q/k/v, gate/up) share one H (and S). Stage: fx.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from qpasses.formats.mxfp4 import block_exponent
 from qpasses.formats.spec import WeightFormat
 from qpasses.formats.weight import block_length
 from qpasses.ir.sites import check_finite, select
-from qpasses.numerics import gptq, piso
+from qpasses.numerics import gptq, piso, srr
 from qpasses.passes.base import Pass
 from qpasses.passes.quantize_weights import on_grid
 
 F64 = torch.float64
+PRESERVE = ("probe", "spectral", "none", "all")
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class Settings:
     damp: float = 0.01
     grid_points: int = 100
     windows: int = 32  # calibration windows of 512 tokens for H
+    rank: int = 0  # SRR rank budget per linear (0: no low-rank branch)
+    preserve: str = "probe"  # probe | spectral | none (QER) | all (preserve-only)
 
     def __post_init__(self):
         self.weight_format()
@@ -68,6 +76,9 @@ class Settings:
             (not (self.gptq and self.objective == "unquantized"),
              "gptq corrects errors against the quantized model's inputs: objective self (or auto)"),
             (self.damp >= 0 and self.grid_points >= 2 and self.windows >= 1, "damp >= 0, grid_points >= 2, windows >= 1"),
+            (self.rank >= 0, f"rank must be >= 0, got {self.rank}"),
+            (self.preserve in PRESERVE, f"preserve must be one of {', '.join(PRESERVE)}, got {self.preserve!r}"),
+            (not (self.rank and self.hessian != "dense"), "SRR (rank > 0) whitens with the dense H: hessian dense"),
         ]
         for ok, message in checks:
             if not ok:
@@ -84,7 +95,8 @@ class Settings:
         fmt = self.weight_format()
         group = "mxfp4" if fmt.kind == "mxfp4" else f"int4_{f'g{fmt.block_size}' if fmt.block_size else 'per_channel'}"
         method = ("gptq+" if self.gptq else "") + ("" if self.scales == "rtn" else self.scales)
-        return f"{method.rstrip('+')}.{group}"
+        lowrank = f"{'qer' if self.preserve == 'none' else 'srr'}{self.rank}+" if self.rank else ""
+        return f"{lowrank}{method.rstrip('+')}.{group}"
 
 
 class Solver:
@@ -133,6 +145,28 @@ class Solver:
         return quantize_weight(target.float().numpy(), self.fmt, stored)
 
 
+    def solve_lowrank(self, w: np.ndarray, h: torch.Tensor, whiten) -> tuple:
+        """SRR around `solve`: (QuantizedWeight of the residual, (L [K, r], R [r, N]) float32 holding
+        fp16 values, the preserved rank k)."""
+        held = {}
+
+        def quantize(rest: torch.Tensor) -> torch.Tensor:  # [K, N] -> Q [K, N], by this solver's method
+            held["q"] = self.solve(np.ascontiguousarray(rest.T.float().numpy()), h)
+            return torch.from_numpy(dequantize_weight(held["q"])).T
+
+        def rtn(rest: torch.Tensor) -> torch.Tensor:
+            q = quantize_weight(np.ascontiguousarray(rest.T.float().numpy()), self.fmt)
+            return torch.from_numpy(dequantize_weight(q)).T
+
+        k = {"none": 0, "all": self.st.rank}.get(self.st.preserve)
+        split = srr.srr(torch.from_numpy(w).T, h, self.st.rank, quantize, k,
+                        probe_quantize=rtn if self.st.preserve == "probe" else None, whiten=whiten)
+        left, right = (m.to(torch.float16).float() for m in (split.L, split.R))
+        if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
+            raise ValueError("the low-rank factors overflow fp16; lower the rank or damp the input statistics")
+        return held["q"], (left.numpy(), right.numpy()), split.k
+
+
 def relative_error(w: np.ndarray, wq: np.ndarray, h: torch.Tensor | None) -> float:
     """‖X(W − Ŵ)ᵀ‖² / ‖X Wᵀ‖² = tr(D H Dᵀ) / tr(W H Wᵀ) (H = I when None)."""
     wt, d = torch.from_numpy(w).to(F64), torch.from_numpy(w - wq).to(F64)
@@ -161,28 +195,39 @@ class OptimizeWeights(Pass):
         self.counts: Counter[str] = Counter()
         if self.settings.hessian == "identity":
             for site in tqdm(sites, desc=self.name, disable=not _progress(ctx)):
-                _apply(site, *self._solve(site, None, ctx), ctx)
+                _apply(graph, *self._solve(site, None, ctx), ctx)
         else:
             self._calibrated(graph, ctx, sites)
         return dict(self.counts)
 
-    def _solve(self, site, h: torch.Tensor | None, ctx):
-        """(QuantizedWeight, its dequantized W) for one site; its errors vs RTN into the notes."""
+    def _solve(self, site, h: torch.Tensor | None, ctx, whiten=None):
+        """(site, QuantizedWeight, its dequantized W, (L, R) or None) for one site; its errors vs
+        RTN into the notes."""
         st = self.settings_for(site, ctx)
         w = site.weight()
+        lowrank, note = None, {}
         try:
-            q = Solver(st).solve(w, h)
+            if st.rank:
+                q, lowrank, k = Solver(st).solve_lowrank(w, h, whiten)
+                note = {"rank": lowrank[0].shape[1], "preserved": k}
+            else:
+                q = Solver(st).solve(w, h)
         except ValueError as e:
             raise PreconditionError(f"{site.name}: {e}") from None
         wq, rtn = dequantize_weight(q), dequantize_weight(quantize_weight(w, st.weight_format()))
+        approx = wq if lowrank is None else wq + (lowrank[0] @ lowrank[1]).T
         hn = None if st.hessian == "identity" else h
         ctx.notes.setdefault("weights", {})[site.name] = {
-            "method": st.rule(), "rtn": relative_error(w, rtn, hn), "optimized": relative_error(w, wq, hn)}
+            "method": st.rule(), "rtn": relative_error(w, rtn, hn), "optimized": relative_error(w, approx, hn), **note}
         self.counts[st.rule()] += 1
-        return q, wq
+        return site, q, wq, lowrank
 
     def _calibrated(self, graph, ctx, sites) -> None:
         """H per shared input, layer-sequentially; weights applied at once (self) or at the end."""
+        for site in sites:  # branches first: layer_sequential runs a fixed graph, its constants live
+            rank = min(self.settings_for(site, ctx).rank, *site.shape)
+            if rank:
+                graph.add_lowrank(site, rank)
         ep = graph.programs.logits
         pos = {n: i for i, n in enumerate(ep.graph.nodes)}
         groups: dict[tuple, list] = {}
@@ -200,24 +245,27 @@ class OptimizeWeights(Pass):
 
         def step(i, stats):
             h = stats[ordered[i][0][0].name].gram
+            whiten = srr.whitening(h) if any(self.settings_for(s, ctx).rank for s, _ in ordered[i]) else None
             for site, _ in ordered[i]:
-                solved = (site, *self._solve(site, h, ctx))
+                solved = self._solve(site, h, ctx, whiten)
                 if self.settings.sequential:
-                    _apply(*solved, ctx)
+                    _apply(graph, *solved, ctx)
                 else:
                     later.append(solved)
 
         layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx))
         for solved in later:
-            _apply(*solved, ctx)
+            _apply(graph, *solved, ctx)
 
     def ensures(self, graph, ctx):
         on_grid(graph, ctx)
 
 
-def _apply(site, q, wq, ctx) -> None:
+def _apply(graph, site, q, wq, lowrank, ctx) -> None:
     site.set_weight(wq)
     ctx.quantized[site.weight_name] = q
+    if lowrank is not None:
+        graph.set_lowrank(site, *lowrank)
 
 
 def _progress(ctx) -> bool:

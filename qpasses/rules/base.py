@@ -32,26 +32,33 @@ class LinearRule(RewriteRuleClassBase):
     export), "kn" = MatMul(x, W[K, N]) (other exporters), "gemm" / "gemm_bias" = Gemm(x, W[, c])
     with W oriented by transB (2-D inputs). `act` selects the variant whose input is a
     QuantizeActivation. Subclasses implement `lower(op, x, w, q, act)` -> x · dequant(q)ᵀ;
-    a Gemm bias is added after it."""
+    a Gemm bias is added after it. `lowrank` selects the variant followed by a low-rank branch
+    on the float input, Add(linear, MatMul(MatMul(x, L), R)) (FxStage.add_lowrank), which
+    `lower(..., lowrank=(L, R))` absorbs; its L, R must hold fp16 values (they are stored so)."""
 
     rule_name: str
     kinds: tuple[str, ...] = ()
     fuses_act = False  # has a variant that absorbs a QuantizeActivation in front of the matmul
+    fuses_lowrank = False  # has variants that absorb a low-rank branch (L, R inputs)
 
     def __init__(self, layout: str = "nk", act: bool = False, fmt: WeightFormat | None = None,
-                 plan: dict | None = None, accuracy_level: int = 0):
-        super().__init__(f"{self.rule_name}{'_act' if act else ''}.{layout}")
+                 plan: dict | None = None, accuracy_level: int = 0, lowrank: bool = False):
+        super().__init__(f"{self.rule_name}{'_act' if act else ''}{'_lr' if lowrank else ''}.{layout}")
         self.layout, self.act, self.fmt, self.plan, self.accuracy_level = layout, act, fmt, plan, accuracy_level
+        self.lowrank = lowrank
 
-    def pattern(self, op, x, w, c):
+    def pattern(self, op, x, w, c, lo, ro):
+        xf = x
         if self.act:
             x = op.QuantizeActivation(x, _domain=DOMAIN, _outputs=["xq"])
         if self.layout == "nk":
-            return op.MatMul(x, op.Transpose(w), _outputs=["y"])
-        if self.layout == "kn":
-            return op.MatMul(x, w, _outputs=["y"])
-        inputs = (x, w, c) if self.layout == "gemm_bias" else (x, w)
-        return op.Gemm(*inputs, _allow_other_attributes=True, _outputs=["y"])
+            y = op.MatMul(x, op.Transpose(w), _outputs=["y"])
+        elif self.layout == "kn":
+            y = op.MatMul(x, w, _outputs=["y"])
+        else:
+            inputs = (x, w, c) if self.layout == "gemm_bias" else (x, w)
+            y = op.Gemm(*inputs, _allow_other_attributes=True, _outputs=["y"])
+        return op.Add(y, op.MatMul(op.MatMul(xf, lo), ro)) if self.lowrank else y
 
     def orient(self, y: ir.Value) -> str:
         """How W is stored: "nk" ([N, K]) or "kn" ([K, N])."""
@@ -67,7 +74,7 @@ class LinearRule(RewriteRuleClassBase):
             return None
         return quantize_weight(weight_nk(w, orient), self.fmt)
 
-    def check(self, context, x, w, y, c=None, xq=None, **_):
+    def check(self, context, x, w, y, c=None, xq=None, lo=None, ro=None, **_):
         if self.layout.startswith("gemm"):
             attrs = y.producer().attributes
             if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
@@ -82,14 +89,19 @@ class LinearRule(RewriteRuleClassBase):
             return fail(f"{w.name} is {q.fmt.kind}; this rule lowers {', '.join(self.kinds)}", w)
         if self.plan is not None and not np.array_equal(weight_nk(w, orient), dequantize_weight(q)):
             return fail(f"{w.name} differs from the dequantized codes of its plan; lowering would change the model", w)
+        if self.lowrank:
+            why = check_lowrank(w, q, lo, ro)
+            if why:
+                return fail(why, lo)
         return self.check_lowering(w, q, xq)
 
     def check_lowering(self, w: ir.Value, q: QuantizedWeight, xq: ir.Value | None):
         """Target-specific conditions; success by default."""
         return MatchResult()
 
-    def rewrite(self, op, x, w, y, c=None, xq=None, **_):
-        out = self.lower(op, x, w, self.quantized(w, self.orient(y)), xq)
+    def rewrite(self, op, x, w, y, c=None, xq=None, lo=None, ro=None, **_):
+        extra = {"lowrank": (lo, ro)} if self.lowrank else {}
+        out = self.lower(op, x, w, self.quantized(w, self.orient(y)), xq, **extra)
         return op.Add(out, c) if c is not None else out
 
     @staticmethod
@@ -97,6 +109,25 @@ class LinearRule(RewriteRuleClassBase):
         """(kind, block_size) of the QuantizeActivation producing xq."""
         p = xq.producer()
         return p.attributes.get_string("kind", ""), p.attributes.get_int("block_size", -1)
+
+
+def check_lowrank(w: ir.Value, q: QuantizedWeight, lo: ir.Value, ro: ir.Value) -> str | None:
+    """Why the branch (L, R) cannot become the op's L, R inputs, or None."""
+    n, k = q.shape
+    if lo.const_value is None or ro.const_value is None:
+        return f"{w.name}: the low-rank factors are not constants"
+    left, right = lo.const_value.numpy(), ro.const_value.numpy()
+    if left.ndim != 2 or right.ndim != 2 or left.shape[0] != k or right.shape != (left.shape[1], n):
+        return f"{w.name}: low-rank factors {left.shape} x {right.shape} do not fit [K={k}, r] x [r, N={n}]"
+    if any(not np.array_equal(m.astype(np.float16).astype(m.dtype), m) for m in (left, right)):
+        return f"{w.name}: the low-rank factors are not fp16 values (the op stores them in fp16)"
+    return None
+
+
+def lowrank_inputs(op, w: ir.Value, lowrank) -> list[ir.Value]:
+    """The op's L, R inputs: fp16 initializers named after the weight."""
+    return [init(op, f"{w.name}.lowrank_{part}", v.const_value.numpy().astype(np.float16))
+            for part, v in zip("LR", lowrank)]
 
 
 def init(op, name: str, array: np.ndarray, dtype: ir.DataType | None = None, near: ir.Value | None = None) -> ir.Value:
@@ -117,9 +148,10 @@ LAYOUTS = ("nk", "kn", "gemm", "gemm_bias")
 
 
 def variants(cls: type[LinearRule], **kw) -> list:
-    """The rule for every weight layout; fused-activation variants first, so they win."""
+    """The rule for every weight layout; low-rank and fused-activation variants first, so they win."""
     acts = (True, False) if cls.fuses_act else (False,)
-    return [cls.rule(layout=layout, act=act, **kw) for act in acts for layout in LAYOUTS]
+    lowranks = (True, False) if cls.fuses_lowrank else (False,)
+    return [cls.rule(layout=layout, act=act, lowrank=lr, **kw) for lr in lowranks for act in acts for layout in LAYOUTS]
 
 
 __all__ = ["LinearRule", "QUANT_ACT", "fail", "init", "variants", "weight_nk"]

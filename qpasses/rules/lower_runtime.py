@@ -5,6 +5,8 @@ int4:  x · Wᵀ == qpasses.MatMulInt4(x, B, s, zp), since W = s · (code − zp
        MatMulNBits, any block of 16..128 or per channel).
 A QuantizeActivation(kind, block) in front fuses into the op (act_bits / act_format / act_block),
 because the op quantizes its input with the same rule, bit for bit (tests/runtime).
+A low-rank branch on the float input fuses into the op's L, R inputs:
+       op(Q_a(x)) + (x L) R == op(x; L, R), the op adds (x L) R of its unquantized input A.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from onnxscript.rewriter._basics import MatchResult
 
 from qpasses.formats import pack_mxfp4
 from qpasses.formats.packing import pack_int_blocked
-from qpasses.rules.base import LinearRule, fail, init, variants
+from qpasses.rules.base import LinearRule, fail, init, lowrank_inputs, variants
 from qpasses.runtime import DOMAIN
-from qpasses.runtime.ops import OpConfig
+from qpasses.runtime.ops import INPUTS, OpConfig
 
 # QuantizeActivation (kind, block) -> the op's activation attributes.
 ACTS = {("int8", 32): (8, "int", 32), ("int8", 0): (8, "int", 0), ("int4", 32): (4, "int", 32),
@@ -26,6 +28,7 @@ class ToRuntimeMatMul(LinearRule):
     rule_name = "qpasses.matmul"
     kinds = ("int4", "mxfp4")
     fuses_act = True
+    fuses_lowrank = True
 
     def check_lowering(self, w, q, xq):
         block = q.codes.shape[2]
@@ -43,7 +46,7 @@ class ToRuntimeMatMul(LinearRule):
         return OpConfig(op, K=k, N=n, act_bits=bits, act_format=fmt, act_block=block,
                         block_size=q.codes.shape[2] if q.fmt.block_size else k)
 
-    def lower(self, op, x, w, q, xq):
+    def lower(self, op, x, w, q, xq, lowrank=None):
         cfg = self.config(q, xq)
         if cfg.mxfp4:
             b, e = pack_mxfp4(q)
@@ -53,7 +56,10 @@ class ToRuntimeMatMul(LinearRule):
             inputs = [x, init(op, f"{w.name}.qweight", packed["B"], near=w), init(op, f"{w.name}.qscales", packed["scales"])]
             if packed["zero_points"] is not None:
                 inputs.append(init(op, f"{w.name}.qzeros", packed["zero_points"]))
-        return getattr(op, cfg.op)(*inputs, _domain=DOMAIN, **cfg.attributes())
+        if lowrank is not None:
+            slot = INPUTS[cfg.op].index("L")
+            inputs += [None] * (slot - len(inputs)) + lowrank_inputs(op, w, lowrank)
+        return getattr(op, cfg.op)(*inputs, _domain=DOMAIN, **cfg.attributes(lowrank=lowrank is not None))
 
 
 def runtime_rules(plan=None, fmt=None) -> list:

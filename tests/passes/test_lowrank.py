@@ -1,0 +1,121 @@
+"""SRR in optimize_weights on the tiny models: W ≈ Q + L·R with Q on the format's grid, L, R in
+fp16 in a branch reading the float input; lowered into the runtime op's L, R inputs (or left as
+fp16 standard ops), with onnxruntime computing what the torch program computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fx_helpers import IDS, logits, rel, transform
+from onnx_builders import run_ort
+from qpasses.models.tiny import build_tiny_llama
+
+from qpasses.errors import RecipeError
+from qpasses.formats import dequantize_weight
+from qpasses.ir.fx_stage import LOWRANK_PREFIX
+from qpasses.passes.registry import PASSES
+from qpasses.pipeline import to_stage_b
+
+SRR = {"block_size": 32, "gptq": True, "rank": 4}
+
+
+def notes(ctx):
+    return ctx.notes["weights"]
+
+
+def test_a_zero_branch_changes_nothing(model):
+    m, ref = model
+    graph, _, _ = transform(m, [])
+    for site in graph.sites():
+        graph.add_lowrank(site, 3)
+    graph.verify()
+    assert rel(logits(graph), ref) < 1e-6
+    assert graph.lowrank(graph.sites()[0])[0].shape == (graph.sites()[0].shape[1], 3)
+
+
+def test_srr_lowers_the_error_of_its_quantizer_alone(model):
+    m, _ = model
+    graph, counts, ctx = transform(m, [("optimize_weights", SRR)])
+    _, _, plain = transform(m, [("optimize_weights", {**SRR, "rank": 0})])
+    n_sites = len({s.weight_name for s in graph.sites()})
+    assert counts["optimize_weights"] == {"srr4+gptq+piso.int4_g32": n_sites}
+    for site in graph.sites():
+        rec = notes(ctx)[site.name]
+        assert rec["rank"] == 4 and 0 <= rec["preserved"] <= 4
+        assert np.array_equal(site.weight(), dequantize_weight(ctx.quantized[site.weight_name]))  # Q on the grid
+        left, right = graph.lowrank(site)
+        for f in (left, right):
+            assert np.array_equal(f.astype(np.float16).astype(np.float32), f)  # fp16 values
+        assert rec["optimized"] < notes(plain)[site.name]["optimized"]
+    PASSES["optimize_weights"](**SRR).ensures(graph, ctx)
+
+
+def test_the_torch_program_computes_q_plus_lr(model):
+    """The branch adds (x L) R to the quantized linear: the logits equal those of a model whose
+    weights are the dense Q + (L R)ᵀ (weight-only, so both read the same x). The lm_head, tied to
+    the embedding table, keeps its branch."""
+    m, _ = model
+    graph, _, _ = transform(m, [("optimize_weights", SRR)])
+    got = logits(graph)
+    tables = {t.weight_name for t in graph.embedding_sites()}
+    for site in [s for s in graph.sites() if s.weight_name not in tables]:
+        left, right = graph.lowrank(site)
+        site.set_weight(site.weight() + (left @ right).T)
+        graph.set_lowrank(site, np.zeros_like(left), np.zeros_like(right))
+    assert rel(logits(graph), got) < 1e-5
+
+
+@pytest.mark.parametrize("preserve, k", [("none", 0), ("all", 4)])
+def test_qer_and_preserve_only_are_the_ends(preserve, k):
+    _, _, ctx = transform(build_tiny_llama(), [("optimize_weights", {**SRR, "preserve": preserve})])
+    assert {rec["preserved"] for rec in notes(ctx).values()} == {k}
+    assert all(rec["method"].startswith("qer4" if k == 0 else "srr4") for rec in notes(ctx).values())
+
+
+@pytest.mark.parametrize("target, steps", [
+    ("qpasses", [("optimize_weights", SRR)]),
+    ("qpasses", [("quantize_activations", {"format": "mxfp4", "block_size": 32}),
+                 ("optimize_weights", {"format": "mxfp4", "gptq": True, "rank": 4})]),
+    ("matmulnbits", [("optimize_weights", SRR)]),
+    ("qdq", [("optimize_weights", {**SRR, "preserve": "spectral"})]),
+])
+def test_the_branch_lowers_and_onnxruntime_agrees(target, steps):
+    graph, _, ctx = transform(build_tiny_llama(), steps)
+    expect = logits(graph)
+    stage = to_stage_b(graph)
+    lower = PASSES["lower_linears"](target=target)
+    counts = lower.run(stage, ctx)
+    lower.ensures(stage, ctx)
+    model = stage.models["logits"]
+    n_sites = len(ctx.quantized)  # the tied lm_head and its table are one plan
+    factors = [v for v in model.graph.initializers.values()
+               if v.name.startswith(LOWRANK_PREFIX) or ".lowrank_" in v.name]
+    used = [v for v in factors if v.uses()]
+    assert len(used) == 2 * n_sites and all(v.const_value.dtype.name == "FLOAT16" for v in used)
+    if target == "qpasses":  # fused: the op reads L, R; no MatMul is left for the branch
+        assert sum(n for rule, n in counts.items() if "_lr." in rule) == n_sites
+    else:
+        assert counts["LowRankFactorToFp16"] == 2 * n_sites
+    out = run_ort(model, {"input_ids": IDS.numpy(), "attention_mask": np.ones_like(IDS.numpy())})
+    assert rel(out, expect) < 1e-5
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"rank": 4, "hessian": "diag"}, "hessian dense"),
+    ({"rank": -1}, "rank must be"),
+    ({"rank": 4, "preserve": "some"}, "preserve must be"),
+])
+def test_bad_settings_are_recipe_errors(settings, match):
+    with pytest.raises(RecipeError, match=match):
+        PASSES["optimize_weights"](**settings)
+
+
+def test_a_branch_of_another_shape_is_refused():
+    graph, _, _ = transform(build_tiny_llama(), [])
+    site = graph.sites()[0]
+    graph.add_lowrank(site, 2)
+    n, k = site.shape
+    with pytest.raises(ValueError, match="the branch holds"):
+        graph.set_lowrank(site, np.zeros((k, 3), np.float32), np.zeros((3, n), np.float32))
+    assert torch.equal(graph.programs.logits.constants[f"{LOWRANK_PREFIX}{site.weight_name}.L"], torch.zeros(k, 2))
