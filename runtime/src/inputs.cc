@@ -79,15 +79,6 @@ PackedWeights pack_weights(const WeightSpec& s, const WeightInputs& in) {
   return pack_int4(s.K, s.N, s.block_size, in.B.GetTensorData<uint8_t>(), in.S.GetTensorData<float>(), zp);
 }
 
-void LowRank::project(const float* x, float* t) const {
-  for (int64_t r = 0; r < rank; ++r) {
-    const float* l = Lt.data() + r * K;
-    float s = 0.f;
-    for (int64_t k = 0; k < K; ++k) s += x[k] * l[k];
-    t[r] = s;
-  }
-}
-
 LowRank make_lowrank(int64_t K, int64_t N, const Ort::ConstValue& L, const Ort::ConstValue& R) {
   const Tensor l = describe(L, "L"), r = describe(R, "R");
   if (l.type != r.type || (l.type != kF32 && l.type != kF16))
@@ -101,10 +92,7 @@ LowRank make_lowrank(int64_t K, int64_t N, const Ort::ConstValue& L, const Ort::
   lr.K = K;
   lr.N = N;
   lr.rank = rank;
-  const std::vector<float> lf = to_float(L, size_t(K * rank));
-  lr.Lt.resize(lf.size());
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t j = 0; j < rank; ++j) lr.Lt[size_t(j * K + k)] = lf[size_t(k * rank + j)];
+  lr.L = to_float(L, size_t(K * rank));
   lr.R = to_float(R, size_t(rank * N));
   return lr;
 }

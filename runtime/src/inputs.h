@@ -37,9 +37,8 @@ PackedWeights pack_weights(const WeightSpec& spec, const WeightInputs& in);
 // The low-rank branch: T = x L (rank values per row), then Y += T R.
 struct LowRank {
   int64_t K = 0, N = 0, rank = 0;
-  std::vector<float> Lt;  // [rank, K] (L transposed)
-  std::vector<float> R;   // [rank, N]
-  void project(const float* x, float* t) const;
+  std::vector<float> L;  // [K, rank]
+  std::vector<float> R;  // [rank, N]
 };
 
 // L [K, r] and R [r, N], both float32 or both float16.

@@ -124,9 +124,12 @@ void prepare(RowsTask& t, int64_t m) {
   thread_local std::vector<float> x;
   x.assign(t.A + m * c.K, t.A + (m + 1) * c.K);
   const int64_t rank = t.lr ? t.lr->rank : 0;
-  if (rank && !c.lowrank_rotated) t.lr->project(x.data(), t.T.data() + m * rank);
+  // T[m] = x L: the epilogue's y += t R with t = x (length K) and R = L [K, rank], vectorized over rank.
+  float* tm = rank ? t.T.data() + m * rank : nullptr;
+  if (rank) std::fill(tm, tm + rank, 0.f);
+  if (rank && !c.lowrank_rotated) t.isa->epilogue(tm, nullptr, x.data(), t.lr->L.data(), c.K, rank, 0, rank);
   rotate_row(x.data(), c.K, t.D, c.act.hadamard);
-  if (rank && c.lowrank_rotated) t.lr->project(x.data(), t.T.data() + m * rank);
+  if (rank && c.lowrank_rotated) t.isa->epilogue(tm, nullptr, x.data(), t.lr->L.data(), c.K, rank, 0, rank);
   quantize_row(*t.isa, c.act, x.data(), t.rows, m);
 }
 
