@@ -119,3 +119,24 @@ def test_a_branch_of_another_shape_is_refused():
     with pytest.raises(ValueError, match="the branch holds"):
         graph.set_lowrank(site, np.zeros((k, 3), np.float32), np.zeros((3, n), np.float32))
     assert torch.equal(graph.programs.logits.constants[f"{LOWRANK_PREFIX}{site.weight_name}.L"], torch.zeros(k, 2))
+
+
+def test_sibling_branches_fuse_with_the_linears():
+    """q/k/v and gate/up with branches fuse into one op: L side by side, R block-diagonal; the
+    outputs stay bit for bit (the zero blocks add exact zeros)."""
+    from qpasses.passes.fuse_linears import FuseLinears
+
+    graph, _, ctx = transform(build_tiny_llama(), [("optimize_weights", SRR)])
+    stage = to_stage_b(graph)
+    PASSES["lower_linears"](target="qpasses").run(stage, ctx)
+    model = stage.models["logits"]
+    feeds = {"input_ids": IDS.numpy(), "attention_mask": np.ones_like(IDS.numpy())}
+    before = run_ort(model, feeds)
+    fuse = FuseLinears()
+    counts = fuse.run(stage, ctx)
+    fuse.ensures(stage, ctx)
+    assert counts == {"fuse.MatMulInt4x3": 2, "fuse.MatMulInt4x2": 2}
+    fused = [n for n in model.graph if n.op_type == "MatMulInt4" and n.name.endswith("fused3")]
+    left, right = (fused[0].inputs[i].const_value.numpy() for i in (5, 6))
+    assert left.shape[1] == right.shape[0] == 12 and (right[:4, 64:] == 0).all()
+    np.testing.assert_array_equal(run_ort(model, feeds), before)
