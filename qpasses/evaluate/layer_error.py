@@ -2,7 +2,7 @@
 
 For every linear site, on held-out calibration tokens (algorithms.md 3.2, normalized):
 
-    E = ||X Wfᵀ − Qa(X) Wqᵀ||²_F / ||X Wfᵀ||²_F
+    E = ||X Wfᵀ − Qa(X) Wqᵀ − X L R||²_F / ||X Wfᵀ||²_F
 
 X   the site's float input as the current graph computes it (tap "float": after any online
     rotation, before the activation quantizer), a uniform sample of `tokens` rows of the first
@@ -11,7 +11,8 @@ Wf  the site's last float weight: the current one, or the copy kept before it wa
 Wq  the current (on-grid) weight once quantized, else Wf through the recipe's quantize_weights
     (or optimize_weights) format for that site, by round to nearest (Wf when the recipe has none);
 Qa  the quant_act in front of the linear, else the recipe's quantize_activations format for the
-    site (identity when it has none).
+    site (identity when it has none);
+L R the site's low-rank branch (FxStage.add_lowrank, SRR), which reads the float X; 0 without one.
 
 `table` is {site: {pass: E}}: "start", then the name of each stage-A pass ("name#2" for a
 repeated one) after which E moved by more than 1e-6 relative to the last recorded value.
@@ -40,9 +41,9 @@ REL_CHANGE = 1e-6
 WINDOWS = 2  # held-out windows measured (2 x 512 tokens on SmolLM2: one forward batch per pass)
 
 
-def layer_error(x, wf: np.ndarray, wq: np.ndarray, act: ActFormat | None = None) -> float | None:
-    """E for input rows x[T, K], weights [N, K] and activation format (None: float); None when
-    X Wfᵀ is all zero."""
+def layer_error(x, wf: np.ndarray, wq: np.ndarray, act: ActFormat | None = None, branch=None) -> float | None:
+    """E for input rows x[T, K], weights [N, K], activation format (None: float) and low-rank
+    branch (L [K, r], R [r, N]) or None; None when X Wfᵀ is all zero."""
     x = torch.as_tensor(x, dtype=torch.float32)
     xq = x if act is None else fake_quant_activation(x, act)
     ref = x.double() @ torch.as_tensor(wf).double().T
@@ -50,6 +51,8 @@ def layer_error(x, wf: np.ndarray, wq: np.ndarray, act: ActFormat | None = None)
     if den == 0.0:
         return None
     diff = ref - xq.double() @ torch.as_tensor(wq).double().T
+    if branch is not None:
+        diff -= (x.double() @ torch.as_tensor(branch[0]).double()) @ torch.as_tensor(branch[1]).double()
     return float(diff.square().sum()) / den
 
 
@@ -121,7 +124,8 @@ class LayerErrorProbe:
                 wq = wf
                 if self.weights is not None:
                     wq = dequantize_weight(quantize_weight(wf, self.weights.settings_for(site, ctx).weight_format()))
-            e = layer_error(stats[site.name].tokens, wf, wq, self._act_format(site, ctx))
+            branch = graph.lowrank(site) if hasattr(graph, "lowrank") else None
+            e = layer_error(stats[site.name].tokens, wf, wq, self._act_format(site, ctx), branch)
             if e is not None:
                 out[site.name] = e
         return out

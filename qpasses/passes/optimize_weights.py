@@ -144,7 +144,6 @@ class Solver:
             stored = scales.float().numpy()
         return quantize_weight(target.float().numpy(), self.fmt, stored)
 
-
     def solve_lowrank(self, w: np.ndarray, h: torch.Tensor, whiten) -> tuple:
         """SRR around `solve`: (QuantizedWeight of the residual, (L [K, r], R [r, N]) float32 holding
         fp16 values, the preserved rank k)."""

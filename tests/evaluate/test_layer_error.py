@@ -16,7 +16,7 @@ from qpasses.models.tiny import build_tiny_llama
 
 from qpasses.calibration.source import CalibrationSource
 from qpasses.cli.main import main
-from qpasses.evaluate.layer_error import LayerErrorProbe, pass_order, summary
+from qpasses.evaluate.layer_error import LayerErrorProbe, layer_error, pass_order, summary
 from qpasses.export.capture import capture
 from qpasses.formats import ActFormat, WeightFormat, dequantize_weight, quantize_weight
 from qpasses.formats.act import fake_quant_activation_np
@@ -172,3 +172,14 @@ def test_probe_turns_itself_off_when_the_model_cannot_be_measured():
     graph = SimpleNamespace(stage="fx", fingerprint=lambda: "0", sites=list)
     probe.start(graph, Context(calibration=SimpleNamespace(stats=stats)))
     assert not probe.active and probe.table == {} and "3 windows" in lines[0]
+
+
+def test_a_low_rank_branch_counts_as_part_of_the_weight():
+    """Weight-only, the branch (x L) R is the dense weight Wq + (L R)ᵀ."""
+    rng = np.random.default_rng(0)
+    x, wf = rng.standard_normal((64, 16)), rng.standard_normal((8, 16)).astype(np.float32)
+    wq = (wf + 0.1 * rng.standard_normal(wf.shape)).astype(np.float32)
+    left, right = rng.standard_normal((16, 2)) * 0.1, rng.standard_normal((2, 8)) * 0.1
+    got = layer_error(x, wf, wq, None, (left, right))
+    assert got == pytest.approx(by_hand(x, wf, (wq + (left @ right).T).astype(np.float64)), rel=1e-9)
+    assert got != pytest.approx(layer_error(x, wf, wq), rel=1e-3)
