@@ -21,10 +21,12 @@ Method (see /work/shared/reference/runtime.md sections 3.5 and 4):
 * Roofline. A bandwidth probe in the same process reads a 1 GiB float32 array (np.max, which runs a
   SIMD read-only loop and releases the GIL) with T Python threads, each on its own slice; best of 5.
   Decode roofline = weight bytes per token / probe bandwidth. "weight MB" counts what a token streams:
-  packed nibbles + scales (E8M0 bytes for MXFP4, fp32 scales for INT4), or fp32 weights.
+  packed nibbles + scales (E8M0 bytes for MXFP4, fp32 scales for INT4), or fp32 weights, plus a low-rank
+  variant's L, R (float32 in the op).
 * Ratios. Each variant vs MatMulNBits accuracy_level 4 (int8 activations) and 0 (fp32 activations);
   targets: decode W4A8 <= 0.6x acc4, W4A16 <= 1.0x acc0, W4A4 <= 1.0x W4A8 of the same op; prefill
-  <= 1.0x the faster MatMulNBits level. "rel.diff" = ||y - y_fp32|| / ||y_fp32|| of the final output,
+  <= 1.0x the faster MatMulNBits level; a low-rank branch (rank 16, 32: SRR / QER) <= 1.15x the same op
+  without it. "rel.diff" = ||y - y_fp32|| / ||y_fp32|| of the final output,
   a sanity check that a variant computes something sensible (it includes the quantization error).
 
 Example:  .venv/bin/python bench/runtime_ops.py --quick
@@ -52,7 +54,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qpasses.formats import WeightFormat, pack_matmulnbits, pack_mxfp4, quantize_weight
 from qpasses.runtime import DOMAIN, OPSET_VERSION, session
-from qpasses.runtime.ops import OpConfig
+from qpasses.runtime.ops import INPUTS, OpConfig
 
 HIDDEN, VOCAB, LAYERS, PREFILL_M = 576, 49152, 30, 512
 LAYER_SHAPES = (("q", 576, 576), ("k", 576, 192), ("v", 576, 192), ("o", 576, 576),
@@ -71,6 +73,7 @@ class Variant:
     kind: str          # "mxfp4" | "int4" (ours), "nbits" (com.microsoft.MatMulNBits), "fp32" (MatMul)
     act_bits: int = 0  # ours: 0 W4A16, 8 W4A8, 4 W4A4; nbits: accuracy_level
     act_format: str = "int"
+    rank: int = 0      # ours: an fp16 low-rank branch (x L) R fused into the op (SRR / QER)
 
 
 VARIANTS = (
@@ -81,6 +84,11 @@ VARIANTS = (
     Variant("int4-a16", "ours INT4 W4A16", "int4", 0),
     Variant("int4-a8", "ours INT4 W4A8", "int4", 8),
     Variant("int4-a4", "ours INT4 W4A4 int", "int4", 4, "int"),
+    Variant("mxfp4-a16-r16", "ours MXFP4 W4A16 + rank 16", "mxfp4", 0, rank=16),
+    Variant("mxfp4-a16-r32", "ours MXFP4 W4A16 + rank 32", "mxfp4", 0, rank=32),
+    Variant("mxfp4-a4mx-r32", "ours MXFP4 W4A4 mxfp + rank 32", "mxfp4", 4, "mxfp", rank=32),
+    Variant("int4-a16-r16", "ours INT4 W4A16 + rank 16", "int4", 0, rank=16),
+    Variant("int4-a16-r32", "ours INT4 W4A16 + rank 32", "int4", 0, rank=32),
     Variant("nbits-acc4", "MatMulNBits acc4", "nbits", 4),
     Variant("nbits-acc0", "MatMulNBits acc0", "nbits", 0),
     Variant("fp32", "fp32 MatMul", "fp32"),
@@ -92,8 +100,9 @@ def linears(layers: int, lm_head: bool) -> list[tuple[str, int, int]]:
     return out + ([("lm_head", HIDDEN, VOCAB)] if lm_head else [])
 
 
-def make_weights(specs, kinds: set[str], seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Per linear: fp32 W^T [K, N], MXFP4 (B, E) and INT4 g32 (B, scales [N, K/32]) as needed."""
+def make_weights(specs, kinds: set[str], rank: int = 0, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Per linear: fp32 W^T [K, N], MXFP4 (B, E) and INT4 g32 (B, scales [N, K/32]) as needed, and the
+    largest low-rank branch (fp16 L [K, rank], R [rank, N]; a variant of rank r uses the first r)."""
     rng, out = np.random.default_rng(seed), {}
     for name, k, n in specs:
         w = rng.standard_normal((n, k), dtype=np.float32) / np.float32(np.sqrt(k))
@@ -105,13 +114,17 @@ def make_weights(specs, kinds: set[str], seed: int = 0) -> dict[str, dict[str, n
         if kinds & {"int4", "nbits"}:
             p = pack_matmulnbits(quantize_weight(w, WeightFormat("int4", 32)))
             d["B_i4"], d["scales"] = p["B"], p["scales"].reshape(n, -1)
+        if rank:  # small next to W, as SRR's branch is (R carries sqrt(sigma), L the rest)
+            d["L"] = (rng.standard_normal((k, rank), dtype=np.float32) * 0.1).astype(np.float16)
+            d["R"] = (rng.standard_normal((rank, n), dtype=np.float32) * 0.1 / np.sqrt(k)).astype(np.float16)
         out[name] = d
     return out
 
 
 def weight_bytes(v: Variant, weights, specs) -> int:
     keys = {"fp32": ("W",), "mxfp4": ("B_mx", "E")}.get(v.kind, ("B_i4", "scales"))
-    return sum(weights[name][key].nbytes for name, _, _ in specs for key in keys)
+    lowrank = 4 * v.rank * sum(k + n for name, k, n in specs if name != "lm_head")  # float32 in the op
+    return sum(weights[name][key].nbytes for name, _, _ in specs for key in keys) + lowrank
 
 
 def linear_node(v: Variant, x: str, name: str, k: int, n: int, w: dict, inits: list) -> tuple[onnx.NodeProto, str]:
@@ -132,6 +145,10 @@ def linear_node(v: Variant, x: str, name: str, k: int, n: int, w: dict, inits: l
     attrs = OpConfig(op, k, n, act_bits=v.act_bits, act_format=v.act_format, block_size=32).attributes()
     ins = [init("B", w["B_mx"]), init("E", w["E"])] if v.kind == "mxfp4" else \
         [init("B", w["B_i4"]), init("scales", w["scales"])]
+    if v.rank and name != "lm_head":  # the recipes give layers a branch, not the lm_head
+        ins += [""] * (INPUTS[op].index("L") - 1 - len(ins))
+        ins += [init(f"L{v.rank}", np.ascontiguousarray(w["L"][:, :v.rank])),
+                init(f"R{v.rank}", np.ascontiguousarray(w["R"][:v.rank]))]
     return helper.make_node(op, [x, *ins], [y], domain=DOMAIN, **attrs), y
 
 
@@ -300,6 +317,9 @@ def targets(all_results: dict) -> list[str]:
                     check(mode, t, f"{op} W4A16 / NBits acc0", f"{op}-a16", "nbits-acc0", 1.0)
                 for w4a4 in ("mxfp4-a4mx", "mxfp4-a4int", "int4-a4"):
                     check(mode, t, f"{w4a4} / {w4a4.split('-')[0]} W4A8", w4a4, w4a4.split("-")[0] + "-a8", 1.0)
+                for lowrank in (v.name for v in VARIANTS if v.rank):  # the branch's decode cost
+                    base = lowrank.rsplit("-", 1)[0]
+                    check(mode, t, f"{lowrank} / {base}", lowrank, base, 1.15)
             else:
                 nb = [n for n in ("nbits-acc4", "nbits-acc0") if n in res]
                 if nb:
@@ -361,7 +381,7 @@ def main() -> None:
         probes[t] = bandwidth_probe(t)
         log(f"bandwidth probe {t} thread(s): {probes[t]:.1f} GB/s")
     specs = linears(args.layers, lm_head=True)
-    weights = make_weights(specs, {v.kind for v in variants})
+    weights = make_weights(specs, {v.kind for v in variants}, max(v.rank for v in variants))
     log(f"weights ready: {len(specs)} linears, {sum(k * n for _, k, n in specs) / 1e6:.2f} M params")
 
     all_results, errors = {}, {}

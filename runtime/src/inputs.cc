@@ -92,8 +92,15 @@ LowRank make_lowrank(int64_t K, int64_t N, const Ort::ConstValue& L, const Ort::
   lr.K = K;
   lr.N = N;
   lr.rank = rank;
-  lr.L = to_float(L, size_t(K * rank));
-  lr.R = to_float(R, size_t(rank * N));
+  if (l.type == kF16) {
+    const auto* lh = reinterpret_cast<const uint16_t*>(L.GetTensorData<Ort::Float16_t>());
+    const auto* rh = reinterpret_cast<const uint16_t*>(R.GetTensorData<Ort::Float16_t>());
+    lr.L16.assign(lh, lh + K * rank);
+    lr.R16.assign(rh, rh + rank * N);
+  } else {
+    lr.L = to_float(L, size_t(K * rank));
+    lr.R = to_float(R, size_t(rank * N));
+  }
   return lr;
 }
 

@@ -34,11 +34,12 @@ struct WeightInputs {
 // Check shapes and dtypes against the spec (naming the offending input) and pack.
 PackedWeights pack_weights(const WeightSpec& spec, const WeightInputs& in);
 
-// The low-rank branch: T = x L (rank values per row), then Y += T R.
+// The low-rank branch: T = x L (rank values per row), then Y += T R; L [K, rank], R [rank, N] kept in
+// the type they came in: float32, or fp16 bits (L16, R16; half the bytes a decoded token streams).
 struct LowRank {
   int64_t K = 0, N = 0, rank = 0;
-  std::vector<float> L;  // [K, rank]
-  std::vector<float> R;  // [rank, N]
+  std::vector<float> L, R;
+  std::vector<uint16_t> L16, R16;
 };
 
 // L [K, r] and R [r, N], both float32 or both float16.

@@ -73,9 +73,31 @@ struct ActRows {
 using GemmFn = void (*)(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1,
                         int64_t t0, int64_t t1, float* y, int64_t ldy);
 
-// y[n] += bias[n] (if bias) + sum_r t[r] * R[r * ldr + n] (if rank > 0), n in [n0, n1).
+// y[n] += bias[n] (if bias) + sum_r t[r] * R[r * ldr + n] (if rank > 0), n in [n0, n1). R is float32,
+// or IEEE fp16 bits (epilogue_f16: converted exactly, so a token streams half the bytes). Each column
+// sums over r in order, whatever its position, so an op fused along N computes every column as the
+// unfused op does; split = true lets a SIMD path sum a long r loop in 4 partial sums instead (for
+// t = x, R = L: x L has few columns and K terms, one FMA latency per term otherwise).
 using EpilogueFn = void (*)(float* y, const float* bias, const float* t, const float* R, int64_t rank,
-                            int64_t ldr, int64_t n0, int64_t n1);
+                            int64_t ldr, int64_t n0, int64_t n1, bool split);
+using EpilogueF16Fn = void (*)(float* y, const float* bias, const float* t, const uint16_t* R, int64_t rank,
+                               int64_t ldr, int64_t n0, int64_t n1, bool split);
+
+// IEEE binary16 bits -> float32, exact (subnormals, infinities and NaNs included).
+inline float half_to_float(uint16_t h) {
+  const uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0) {  // zero or subnormal: man * 2^-24, normalized
+    float f = float(man) * 5.9604644775390625e-8f;
+    __builtin_memcpy(&bits, &f, 4);
+  } else {
+    bits = (exp == 31 ? 0x7F800000u : (exp + 112) << 23) | (man << 13);
+  }
+  bits |= uint32_t(h & 0x8000) << 16;
+  float out;
+  __builtin_memcpy(&out, &bits, 4);
+  return out;
+}
 
 // Activation quantization steps (activations.cc composes them). Each is exact elementwise float32
 // arithmetic, so every ISA returns the scalar bits:
@@ -91,6 +113,7 @@ struct Isa {
   GemmFn gemm_int;    // integer activations (act_bits 8 or 4)
   GemmFn gemm_float;  // float activations (act_bits 0)
   EpilogueFn epilogue;
+  EpilogueF16Fn epilogue_f16;
   AbsMaxFn abs_max;
   QuantIntFn quant_int;
   QuantMxFn quant_mx;

@@ -200,29 +200,41 @@ void gemm_int(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, 
   (identity_lut(w) ? gemm<kIntIdent> : gemm<kIntLut>)(w, a, m0, m1, t0, t1, y, ldy);
 }
 
-void epilogue(float* y, const float* bias, const float* t, const float* R, int64_t rank, int64_t ldr, int64_t n0,
-              int64_t n1) {
+// 8 values of R, float32 or fp16 (vcvtph2ps is exact).
+inline __m256 load_r(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_r(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline float value(float r) { return r; }
+inline float value(uint16_t r) { return half_to_float(r); }
+
+template <typename T>
+void epilogue(float* y, const float* bias, const float* t, const T* R, int64_t rank, int64_t ldr, int64_t n0,
+              int64_t n1, bool split) {
   int64_t n = n0;
-  for (; n + 32 <= n1; n += 32) {  // 4 independent FMA chains over the rank
+  for (; n + 32 <= n1; n += 32) {  // 4 independent FMA chains, one per 8 columns
     __m256 s[4];
     QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = bias ? _mm256_loadu_ps(bias + n + 8 * v) : _mm256_setzero_ps();
     for (int64_t r = 0; r < rank; ++r) {
       const __m256 tr = _mm256_set1_ps(t[r]);
-      QP_UNROLL for (int v = 0; v < 4; ++v)
-        s[v] = _mm256_fmadd_ps(tr, _mm256_loadu_ps(R + r * ldr + n + 8 * v), s[v]);
+      QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = _mm256_fmadd_ps(tr, load_r(R + r * ldr + n + 8 * v), s[v]);
     }
     QP_UNROLL for (int v = 0; v < 4; ++v)
       _mm256_storeu_ps(y + n + 8 * v, _mm256_add_ps(_mm256_loadu_ps(y + n + 8 * v), s[v]));
   }
+  // 8 columns at a time; split: 4 chains over r mod 4 (kernel.h).
   for (; n + 8 <= n1; n += 8) {
-    __m256 s = bias ? _mm256_loadu_ps(bias + n) : _mm256_setzero_ps();
-    for (int64_t r = 0; r < rank; ++r)
-      s = _mm256_fmadd_ps(_mm256_set1_ps(t[r]), _mm256_loadu_ps(R + r * ldr + n), s);
-    _mm256_storeu_ps(y + n, _mm256_add_ps(_mm256_loadu_ps(y + n), s));
+    __m256 s[4] = {bias ? _mm256_loadu_ps(bias + n) : _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    int64_t r = 0;
+    for (; split && r + 4 <= rank; r += 4)
+      QP_UNROLL for (int v = 0; v < 4; ++v)
+        s[v] = _mm256_fmadd_ps(_mm256_set1_ps(t[r + v]), load_r(R + (r + v) * ldr + n), s[v]);
+    for (; r < rank; ++r) s[0] = _mm256_fmadd_ps(_mm256_set1_ps(t[r]), load_r(R + r * ldr + n), s[0]);
+    const __m256 sum = _mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));
+    _mm256_storeu_ps(y + n, _mm256_add_ps(_mm256_loadu_ps(y + n), sum));
   }
   for (; n < n1; ++n) {  // scalar tail
     float s = bias ? bias[n] : 0.f;
-    for (int64_t r = 0; r < rank; ++r) s += t[r] * R[r * ldr + n];
+    for (int64_t r = 0; r < rank; ++r) s += t[r] * value(R[r * ldr + n]);
     y[n] += s;
   }
 }
@@ -282,7 +294,7 @@ void quant_mx(const float* x, int64_t n, float inv, int8_t* q) {
   }
 }
 
-const Isa kAvx2 = {"avx2", gemm_int, gemm<kFloat>, epilogue, abs_max, quant_int, quant_mx};
+const Isa kAvx2 = {"avx2", gemm_int, gemm<kFloat>, epilogue<float>, epilogue<uint16_t>, abs_max, quant_int, quant_mx};
 
 }  // namespace
 

@@ -185,26 +185,38 @@ void gemm_int(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1, 
   (identity_lut(w) ? gemm<kIntIdent> : gemm<kIntLut>)(w, a, m0, m1, t0, t1, y, ldy);
 }
 
-void epilogue(float* y, const float* bias, const float* t, const float* R, int64_t rank, int64_t ldr, int64_t n0,
-              int64_t n1) {
+// 16 values of R, float32 or fp16 (vcvtph2ps is exact); masked: lanes past the mask read nothing.
+inline __m512 load_r(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_r(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline __m512 load_r(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+inline __m512 load_r(const uint16_t* p, __mmask16 k) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
+
+template <typename T>
+void epilogue(float* y, const float* bias, const float* t, const T* R, int64_t rank, int64_t ldr, int64_t n0,
+              int64_t n1, bool split) {
   int64_t n = n0;
-  for (; n + 64 <= n1; n += 64) {  // 4 independent FMA chains over the rank
+  for (; n + 64 <= n1; n += 64) {  // 4 independent FMA chains, one per 16 columns
     __m512 s[4];
     QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = bias ? _mm512_loadu_ps(bias + n + 16 * v) : _mm512_setzero_ps();
     for (int64_t r = 0; r < rank; ++r) {
       const __m512 tr = _mm512_set1_ps(t[r]);
-      QP_UNROLL for (int v = 0; v < 4; ++v)
-        s[v] = _mm512_fmadd_ps(tr, _mm512_loadu_ps(R + r * ldr + n + 16 * v), s[v]);
+      QP_UNROLL for (int v = 0; v < 4; ++v) s[v] = _mm512_fmadd_ps(tr, load_r(R + r * ldr + n + 16 * v), s[v]);
     }
     QP_UNROLL for (int v = 0; v < 4; ++v)
       _mm512_storeu_ps(y + n + 16 * v, _mm512_add_ps(_mm512_loadu_ps(y + n + 16 * v), s[v]));
   }
-  for (; n < n1; n += 16) {  // masked tail
+  // 16 columns at a time (masked tail); split: 4 chains over r mod 4 (kernel.h).
+  for (; n < n1; n += 16) {
     const __mmask16 k = n1 - n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n1 - n)) - 1);
-    __m512 s = bias ? _mm512_maskz_loadu_ps(k, bias + n) : _mm512_setzero_ps();
-    for (int64_t r = 0; r < rank; ++r)
-      s = _mm512_fmadd_ps(_mm512_set1_ps(t[r]), _mm512_maskz_loadu_ps(k, R + r * ldr + n), s);
-    _mm512_mask_storeu_ps(y + n, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + n), s));
+    __m512 s[4] = {bias ? _mm512_maskz_loadu_ps(k, bias + n) : _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t r = 0;
+    for (; split && r + 4 <= rank; r += 4)
+      QP_UNROLL for (int v = 0; v < 4; ++v)
+        s[v] = _mm512_fmadd_ps(_mm512_set1_ps(t[r + v]), load_r(R + (r + v) * ldr + n, k), s[v]);
+    for (; r < rank; ++r) s[0] = _mm512_fmadd_ps(_mm512_set1_ps(t[r]), load_r(R + r * ldr + n, k), s[0]);
+    const __m512 sum = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+    _mm512_mask_storeu_ps(y + n, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + n), sum));
   }
 }
 
@@ -245,7 +257,8 @@ void quant_mx(const float* x, int64_t n, float inv, int8_t* q) {
   }
 }
 
-const Isa kAvx512 = {"avx512", gemm_int, gemm<kFloat>, epilogue, abs_max, quant_int, quant_mx};
+const Isa kAvx512 = {"avx512", gemm_int, gemm<kFloat>, epilogue<float>, epilogue<uint16_t>, abs_max, quant_int,
+                     quant_mx};
 
 }  // namespace
 

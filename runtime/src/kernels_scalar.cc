@@ -60,11 +60,15 @@ void gemm_float(const PackedWeights& w, const ActRows& a, int64_t m0, int64_t m1
   }
 }
 
-void epilogue(float* y, const float* bias, const float* t, const float* R, int64_t rank, int64_t ldr,
-              int64_t n0, int64_t n1) {
+inline float value(float r) { return r; }
+inline float value(uint16_t r) { return half_to_float(r); }
+
+template <typename T>
+void epilogue_t(float* y, const float* bias, const float* t, const T* R, int64_t rank, int64_t ldr, int64_t n0,
+                int64_t n1, bool /*split: the reference sums in order*/) {
   for (int64_t n = n0; n < n1; ++n) {
     float s = bias ? bias[n] : 0.f;
-    for (int64_t r = 0; r < rank; ++r) s += t[r] * R[r * ldr + n];
+    for (int64_t r = 0; r < rank; ++r) s += t[r] * value(R[r * ldr + n]);
     y[n] += s;
   }
 }
@@ -88,7 +92,8 @@ void quant_mx(const float* x, int64_t n, float inv, int8_t* q) {
   }
 }
 
-const Isa kScalar = {"scalar", gemm_int, gemm_float, epilogue, abs_max, quant_int, quant_mx};
+const Isa kScalar = {"scalar", gemm_int, gemm_float, epilogue_t<float>, epilogue_t<uint16_t>, abs_max, quant_int,
+                     quant_mx};
 
 }  // namespace
 

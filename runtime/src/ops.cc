@@ -119,6 +119,17 @@ struct RowsTask {
   int64_t M = 0, row_chunk = 1, tile_chunk = 1, n_tile_chunks = 1;
 };
 
+// y[n] += bias[n] + sum_j t[j] M[j * ld + n], n in [n0, n1), with M = lr's L (left: t = x, j < K) or
+// R (t = the row of T, j < rank), in the type it is stored in.
+void lowrank_term(const Isa& isa, const LowRank& lr, bool left, float* y, const float* bias, const float* t,
+                  int64_t n0, int64_t n1) {
+  const int64_t inner = left ? lr.K : lr.rank, ld = left ? lr.rank : lr.N;
+  if (lr.L16.empty())
+    isa.epilogue(y, bias, t, (left ? lr.L : lr.R).data(), inner, ld, n0, n1, left);
+  else
+    isa.epilogue_f16(y, bias, t, (left ? lr.L16 : lr.R16).data(), inner, ld, n0, n1, left);
+}
+
 void prepare(RowsTask& t, int64_t m) {
   const Config& c = *t.cfg;
   thread_local std::vector<float> x;
@@ -127,9 +138,9 @@ void prepare(RowsTask& t, int64_t m) {
   // T[m] = x L: the epilogue's y += t R with t = x (length K) and R = L [K, rank], vectorized over rank.
   float* tm = rank ? t.T.data() + m * rank : nullptr;
   if (rank) std::fill(tm, tm + rank, 0.f);
-  if (rank && !c.lowrank_rotated) t.isa->epilogue(tm, nullptr, x.data(), t.lr->L.data(), c.K, rank, 0, rank);
+  if (rank && !c.lowrank_rotated) lowrank_term(*t.isa, *t.lr, true, tm, nullptr, x.data(), 0, rank);
   rotate_row(x.data(), c.K, t.D, c.act.hadamard);
-  if (rank && c.lowrank_rotated) t.isa->epilogue(tm, nullptr, x.data(), t.lr->L.data(), c.K, rank, 0, rank);
+  if (rank && c.lowrank_rotated) lowrank_term(*t.isa, *t.lr, true, tm, nullptr, x.data(), 0, rank);
   quantize_row(*t.isa, c.act, x.data(), t.rows, m);
 }
 
@@ -142,9 +153,13 @@ void multiply(RowsTask& t, size_t task) {
   const int64_t rank = t.lr ? t.lr->rank : 0;
   if (!t.bias && !rank) return;
   const int64_t n0 = t0 * kTile, n1 = std::min(t.w->N, t1 * kTile);
-  for (int64_t m = m0; m < m1; ++m)
-    t.isa->epilogue(t.Y + m * t.w->N, t.bias, rank ? t.T.data() + m * rank : nullptr,
-                    rank ? t.lr->R.data() : nullptr, rank, t.w->N, n0, n1);
+  for (int64_t m = m0; m < m1; ++m) {
+    float* y = t.Y + m * t.w->N;
+    if (rank)
+      lowrank_term(*t.isa, *t.lr, false, y, t.bias, t.T.data() + m * rank, n0, n1);
+    else
+      t.isa->epilogue(y, t.bias, nullptr, nullptr, 0, t.w->N, n0, n1, false);
+  }
 }
 
 class Kernel {

@@ -7,7 +7,8 @@ import pytest
 from op_models import op_model, random_weights, run
 
 from qpasses.evaluate.session import ort_session
-from qpasses.formats import ActFormat, fake_quant_activation_np
+from qpasses.formats import ActFormat, WeightFormat, fake_quant_activation_np, quantize_weight
+from qpasses.formats.packing import pack_int_blocked
 from qpasses.numerics.hadamard import block_hadamard_np
 from qpasses.runtime import available_isas
 from qpasses.runtime.ops import OpConfig
@@ -68,6 +69,35 @@ def test_rotation_signs_bias_and_low_rank(isa, dtype, lowrank_input, tmp_path):
         inputs["R"] = (rng.standard_normal((8, cfg.N)) * 0.1).astype(dtype)
         inputs["D"] = rng.choice([-1.0, 1.0], cfg.K).astype(np.float32)
         check(cfg, inputs, rng.standard_normal((3, cfg.K)).astype(np.float32), tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("rank,N", [(1, 5), (7, 77), (16, 64), (33, 200)])  # every loop of the epilogue and its tails
+def test_low_rank_widths(isa, dtype, rank, N, tmp_path):
+    rng = np.random.default_rng(rank)
+    for op, act_bits in [("MatMulMXFP4", 0), ("MatMulInt4", 8)]:
+        cfg = OpConfig(op, K=96, N=N, act_bits=act_bits)
+        inputs = random_weights(cfg, rng)
+        inputs["L"] = (rng.standard_normal((cfg.K, rank)) * 0.1).astype(dtype)
+        inputs["R"] = (rng.standard_normal((rank, cfg.N)) * 0.1).astype(dtype)
+        check(cfg, inputs, rng.standard_normal((2, cfg.K)).astype(np.float32), tmp_path)
+
+
+def test_low_rank_fp16_values_are_exact(isa, tmp_path):
+    """W = 0, A = I, R = I: Y is L itself, so every fp16 value of L (subnormals, ±0, the largest) must
+    reach the output converted exactly, through x L and T R, on every ISA path."""
+    rank = k = 64
+    cfg = OpConfig("MatMulInt4", K=k, N=rank, act_bits=0, block_size=32)
+    packed = pack_int_blocked(quantize_weight(np.zeros((rank, k), np.float32), WeightFormat("int4", 32)))
+    bits = np.random.default_rng(5).choice(np.arange(2**16, dtype=np.uint16), k * rank, replace=False)
+    bits[:4] = [0x0001, 0x8001, 0x7BFF, 0x03FF]  # smallest subnormal (±), largest finite, largest subnormal
+    values = bits.view(np.float16)
+    values[~np.isfinite(values)] = 1.5
+    inputs = {"B": packed["B"], "scales": packed["scales"].reshape(rank, -1), "L": values.reshape(k, rank),
+              "R": np.eye(rank, dtype=np.float16)}
+    model, feeds = op_model(cfg, inputs, (k, k))
+    y = run(model, np.eye(k, dtype=np.float32), feeds, tmp_path)
+    np.testing.assert_array_equal(y, values.reshape(k, rank).astype(np.float32))  # (a sum makes -0 +0)
 
 
 def test_graph_input_weights_and_threads(isa, tmp_path):
