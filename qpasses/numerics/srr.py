@@ -123,3 +123,30 @@ def srr(w: torch.Tensor, h: torch.Tensor, rank: int, quantize: Quantizer, k: int
     q = quantize(w - l1 @ r1).to(F64)
     l2, r2 = low_rank(s @ (w - l1 @ r1 - q), s_inv, rank - k)
     return Split(q, torch.cat([l1, l2], 1), torch.cat([r1, r2], 0), k)
+
+
+def allocate_ranks(errors: list[torch.Tensor], costs: list[float], budget: float, step: int = 1) -> list[int]:
+    """A bit budget spread over sites by measured benefit: errors[i][p] is site i's error with rank p
+    (p = 0..its cap, non-increasing), costs[i] the bits one rank costs there. Greedy: `step` ranks at a
+    time go to the site whose next step removes the most error per bit, while the bits last. The
+    result is optimal for the budget it spends when every curve is convex in p (as a tail of sorted
+    squared singular values is) and the budget ends on a step boundary."""
+    ranks = [0] * len(errors)
+    caps = [e.numel() - 1 for e in errors]
+
+    def gain(i: int) -> float:  # error removed per bit by site i's next step
+        p = min(ranks[i] + step, caps[i])
+        return float(errors[i][ranks[i]] - errors[i][p]) / (costs[i] * (p - ranks[i]))
+
+    left = budget
+    while True:
+        open_ = [i for i in range(len(errors)) if ranks[i] < caps[i]
+                 and costs[i] * (min(ranks[i] + step, caps[i]) - ranks[i]) <= left]
+        if not open_:
+            return ranks
+        best = max(open_, key=gain)
+        if gain(best) <= 0:
+            return ranks
+        p = min(ranks[best] + step, caps[best])
+        left -= costs[best] * (p - ranks[best])
+        ranks[best] = p

@@ -4,9 +4,10 @@ Identity relied on: [x·W₁ᵀ | x·W₂ᵀ | …] = x·[W₁; W₂; …]ᵀ, a
 scales, zero points) are independent per output row, so concatenating them along N and splitting
 the output along its last axis gives the same values, bit for bit (our kernels compute each
 column on its own). Fewer, wider nodes cut the per-node cost that dominates a decode step.
-Low-rank branches fuse too: [(x L₁) R₁ | (x L₂) R₂] = x [L₁ L₂] · blockdiag(R₁, R₂), so L is
-concatenated along the rank and R becomes block-diagonal (zeros cost Σr·ΣN instead of Σ rᵢNᵢ
-multiply-adds in the epilogue, a few µs, against one node less). Siblings fuse when they are the
+Low-rank branches fuse too. Siblings that share L (optimize_weights solves them as one weight):
+[(x L) R₁ | (x L) R₂] = (x L) [R₁ R₂], so L stays and R is concatenated along N. Otherwise
+[(x L₁) R₁ | (x L₂) R₂] = x [L₁ L₂] · blockdiag(R₁, R₂): L side by side along the rank, R
+block-diagonal (its zeros are streamed and multiplied: Σr·ΣN values instead of Σ rᵢNᵢ). Siblings fuse when they are the
 same op with the same attributes but N, have constant weights, no bias or sign input, and all or
 none carry a low-rank branch (of one dtype). Stage: onnx, after lower_linears.
 """
@@ -94,7 +95,11 @@ def _fuse(graph: ir.Graph, group: list[ir.Node]) -> None:
     names = INPUTS[first.op_type]
     if _input(first, names.index("L")) is not None:
         inputs += [None] * (names.index("L") - len(inputs))
-        inputs += [_concat(graph, [n.inputs[names.index(p)] for n in group], how) for p, how in (("L", "cols"), ("R", "diag"))]
+        lefts, rights = ([n.inputs[names.index(p)] for n in group] for p in "LR")
+        if all(v is lefts[0] for v in lefts):  # one L: R side by side
+            inputs += [lefts[0], _concat(graph, rights, "cols")]
+        else:
+            inputs += [_concat(graph, lefts, "cols"), _concat(graph, rights, "diag")]
     sizes = [n.attributes["N"].value for n in group]
     attrs = [a for k, a in first.attributes.items() if k != "N"] + [ir.AttrInt64("N", sum(sizes))]
     fused = ir.Node(DOMAIN, first.op_type, inputs, attributes=attrs, name=f"{first.name}.fused{len(group)}")

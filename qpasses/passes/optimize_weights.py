@@ -20,11 +20,16 @@ as quantize_weights records them.
              by RTN), spectral (the paper's one-shot rule), none (QER: reconstruct only), all
              (preserve only). L, R are stored in fp16 in a branch y += (x L) R that reads the
              linear's float input (FxStage.add_lowrank), which lowering fuses into the op.
+    budget   > 0: average extra bits per weight (of the pass's linears) for the branches, instead of
+             one rank everywhere: `rank` becomes each site's cap and ranks go, `rank_step` at a time,
+             where they remove the most layer error per bit, measured on the float model as the
+             whitened spectrum of the RTN error (the QER curve), relative to ‖S W‖².
 Linears that read the same tensor (q/k/v, gate/up) share one H (and S). Stage: fx.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
@@ -39,7 +44,7 @@ from qpasses.errors import PreconditionError
 from qpasses.formats import dequantize_weight, e8m0_encode, quantize_weight
 from qpasses.formats.mxfp4 import block_exponent
 from qpasses.formats.spec import WeightFormat
-from qpasses.formats.weight import block_length
+from qpasses.formats.weight import QuantizedWeight, block_length
 from qpasses.ir.sites import check_finite, select
 from qpasses.numerics import gptq, piso, srr
 from qpasses.passes.base import Pass
@@ -63,6 +68,9 @@ class Settings:
     windows: int = 32  # calibration windows of 512 tokens for H
     rank: int = 0  # SRR rank budget per linear (0: no low-rank branch)
     preserve: str = "probe"  # probe | spectral | none (QER) | all (preserve-only)
+    budget: float = 0.0  # extra bits per weight for L, R (fp16) spread by benefit; 0: `rank` everywhere
+    rank_step: int = 4
+    budget_windows: int = 8  # calibration windows for the allocation's statistics
 
     def __post_init__(self):
         self.weight_format()
@@ -79,6 +87,9 @@ class Settings:
             (self.rank >= 0, f"rank must be >= 0, got {self.rank}"),
             (self.preserve in PRESERVE, f"preserve must be one of {', '.join(PRESERVE)}, got {self.preserve!r}"),
             (not (self.rank and self.hessian != "dense"), "SRR (rank > 0) whitens with the dense H: hessian dense"),
+            (self.budget >= 0 and self.rank_step >= 1 and self.budget_windows >= 1,
+             "budget >= 0, rank_step >= 1, budget_windows >= 1"),
+            (not self.budget or self.rank, "budget spreads ranks up to `rank`: set rank > 0 as the per-site cap"),
         ]
         for ok, message in checks:
             if not ok:
@@ -192,41 +203,57 @@ class OptimizeWeights(Pass):
                 check_finite(site.weight_name, site.weight())
                 sites.append(site)
         self.counts: Counter[str] = Counter()
+        self.ranks: dict[str, int] = {}
         if self.settings.hessian == "identity":
             for site in tqdm(sites, desc=self.name, disable=not _progress(ctx)):
-                _apply(graph, *self._solve(site, None, ctx), ctx)
+                _apply(graph, *self._solve([site], None, ctx)[0], ctx)
         else:
             self._calibrated(graph, ctx, sites)
         return dict(self.counts)
 
-    def _solve(self, site, h: torch.Tensor | None, ctx, whiten=None):
-        """(site, QuantizedWeight, its dequantized W, (L, R) or None) for one site; its errors vs
-        RTN into the notes."""
+    def site_settings(self, site, ctx) -> Settings:
+        """The site's settings with its own rank: the budget's allocation when there is one."""
         st = self.settings_for(site, ctx)
-        w = site.weight()
+        rank = self.ranks.get(site.name, 0) if st.budget else min(st.rank, *site.shape)
+        return dataclasses.replace(st, rank=rank, budget=0.0)
+
+    def _solve(self, sites: list, h: torch.Tensor | None, ctx, whiten=None) -> list[tuple]:
+        """(site, QuantizedWeight, its dequantized W, (L, R) or None) for each of `sites`, which read
+        one input; their errors vs RTN into the notes. Sites with equal settings and a low-rank branch
+        are solved as one weight [W₁; W₂; …] (rows are independent for every quantizer here, H is
+        shared), so they share one L and the kernel computes x·L once: x L [R₁ | R₂ | …]."""
+        sts = [self.site_settings(s, ctx) for s in sites]
+        if len(sites) > 1 and (not sts[0].rank or any(st != sts[0] for st in sts)):
+            return [solved for site in sites for solved in self._solve([site], h, ctx, whiten)]
+        st, ws = sts[0], [s.weight() for s in sites]
         lowrank, note = None, {}
         try:
             if st.rank:
-                q, lowrank, k = Solver(st).solve_lowrank(w, h, whiten)
-                note = {"rank": lowrank[0].shape[1], "preserved": k}
+                q, lowrank, k = Solver(st).solve_lowrank(np.concatenate(ws), h, whiten)
+                note = {"rank": lowrank[0].shape[1], "preserved": k, "shares_L_with": [s.name for s in sites]}
             else:
-                q = Solver(st).solve(w, h)
+                q = Solver(st).solve(ws[0], h)
         except ValueError as e:
-            raise PreconditionError(f"{site.name}: {e}") from None
-        wq, rtn = dequantize_weight(q), dequantize_weight(quantize_weight(w, st.weight_format()))
-        approx = wq if lowrank is None else wq + (lowrank[0] @ lowrank[1]).T
+            raise PreconditionError(f"{', '.join(s.name for s in sites)}: {e}") from None
+        out, row = [], 0
         hn = None if st.hessian == "identity" else h
-        ctx.notes.setdefault("weights", {})[site.name] = {
-            "method": st.rule(), "rtn": relative_error(w, rtn, hn), "optimized": relative_error(w, approx, hn), **note}
-        self.counts[st.rule()] += 1
-        return site, q, wq, lowrank
+        for site, w in zip(sites, ws):
+            rows = slice(row, row + w.shape[0])
+            row = rows.stop
+            qs = q if len(sites) == 1 else QuantizedWeight(q.fmt, w.shape, q.codes[rows], q.scales[rows],
+                                                            None if q.zero_points is None else q.zero_points[rows])
+            lr = None if lowrank is None else (lowrank[0], np.ascontiguousarray(lowrank[1][:, rows]))
+            wq, rtn = dequantize_weight(qs), dequantize_weight(quantize_weight(w, st.weight_format()))
+            approx = wq if lr is None else wq + (lr[0] @ lr[1]).T
+            ctx.notes.setdefault("weights", {})[site.name] = {
+                "method": st.rule(), "rtn": relative_error(w, rtn, hn), "optimized": relative_error(w, approx, hn),
+                **note}
+            self.counts[st.rule()] += 1
+            out.append((site, qs, wq, lr))
+        return out
 
     def _calibrated(self, graph, ctx, sites) -> None:
         """H per shared input, layer-sequentially; weights applied at once (self) or at the end."""
-        for site in sites:  # branches first: layer_sequential runs a fixed graph, its constants live
-            rank = min(self.settings_for(site, ctx).rank, *site.shape)
-            if rank:
-                graph.add_lowrank(site, rank)
         ep = graph.programs.logits
         pos = {n: i for i, n in enumerate(ep.graph.nodes)}
         groups: dict[tuple, list] = {}
@@ -237,6 +264,12 @@ class OptimizeWeights(Pass):
             x = tap_node(node, "float").args[0]  # the float tensor read (q/k/v, gate/up: one)
             groups.setdefault((x, ctx.act_formats.get(site.weight_name)), []).append((site, node))
         ordered = sorted((sorted(g, key=lambda m: pos[m[1]]) for g in groups.values()), key=lambda g: pos[g[0][1]])
+        if self.settings.budget:
+            self.ranks = self._allocate(graph, ctx, [[s for s, _ in g] for g in ordered])
+        for site in sites:  # branches next: layer_sequential runs a fixed graph, its constants live
+            rank = self.site_settings(site, ctx).rank
+            if rank:
+                graph.add_lowrank(site, rank)
         reps = [{g[0][0].name: g[0][1]} for g in ordered]  # one H per group, measured at its first linear
         windows = ctx.calibration.windows()[0][: self.settings.windows]
         spec = StatsSpec(moments=False, absmax=False, gram=True, max_tokens=max(1, windows.numel()))
@@ -244,9 +277,8 @@ class OptimizeWeights(Pass):
 
         def step(i, stats):
             h = stats[ordered[i][0][0].name].gram
-            whiten = srr.whitening(h) if any(self.settings_for(s, ctx).rank for s, _ in ordered[i]) else None
-            for site, _ in ordered[i]:
-                solved = self._solve(site, h, ctx, whiten)
+            whiten = srr.whitening(h) if any(self.site_settings(s, ctx).rank for s, _ in ordered[i]) else None
+            for solved in self._solve([s for s, _ in ordered[i]], h, ctx, whiten):
                 if self.settings.sequential:
                     _apply(graph, *solved, ctx)
                 else:
@@ -255,6 +287,31 @@ class OptimizeWeights(Pass):
         layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx))
         for solved in later:
             _apply(graph, *solved, ctx)
+
+    def _allocate(self, graph, ctx, groups: list[list]) -> dict[str, int]:
+        """Each site's rank under the bit budget (the settings' docstring), one rank per group of
+        sites that read one input (they share L), from the float model's inputs: the relative error
+        ρ_p(S E) ‖S E‖² / ‖S W‖² of QER on round to nearest, W = [W₁; W₂; …]."""
+        st = self.settings
+        spec = StatsSpec(moments=False, absmax=False, gram=True, max_tokens=512 * st.budget_windows)
+        stats = ctx.calibration.stats(graph, [g[0] for g in groups], spec, tap="float", limit=st.budget_windows)
+        errors, costs = [], []
+        for group in groups:
+            s, _ = srr.whitening(stats[group[0].name].gram)
+            w = np.concatenate([site.weight() for site in group])
+            e = np.concatenate([site.weight() - dequantize_weight(quantize_weight(
+                site.weight(), self.settings_for(site, ctx).weight_format())) for site in group])
+            sw, se = (s @ torch.from_numpy(m).to(F64).T for m in (w, e))
+            sv = torch.linalg.svdvals(se)
+            cap = min(min(self.settings_for(site, ctx).rank for site in group), *w.shape)
+            errors.append(srr.tail_energy(sv, cap) * sv.square().sum() / sw.square().sum().clamp_min(1e-300))
+            costs.append(16.0 * sum(w.shape))  # one rank: a column of the shared L and a row of R, fp16
+        total = sum(int(np.prod(site.shape)) for group in groups for site in group)
+        ranks = srr.allocate_ranks(errors, costs, st.budget * total, st.rank_step)
+        ctx.notes["lowrank_budget"] = {
+            "bits_per_weight": st.budget, "spent": sum(c * r for c, r in zip(costs, ranks)) / total,
+            "ranks": {group[0].name: r for group, r in zip(groups, ranks)}}
+        return {site.name: r for group, r in zip(groups, ranks) for site in group}
 
     def ensures(self, graph, ctx):
         on_grid(graph, ctx)

@@ -8,6 +8,8 @@ so the rule sets work on anybody's ONNX model.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
@@ -125,9 +127,15 @@ def check_lowrank(w: ir.Value, q: QuantizedWeight, lo: ir.Value, ro: ir.Value) -
 
 
 def lowrank_inputs(op, w: ir.Value, lowrank) -> list[ir.Value]:
-    """The op's L, R inputs: fp16 initializers named after the weight."""
-    return [init(op, f"{w.name}.lowrank_{part}", v.const_value.numpy().astype(np.float16))
-            for part, v in zip("LR", lowrank)]
+    """The op's L, R inputs: fp16 initializers, R named after the weight, L after its contents
+    (siblings that read one input share one L: optimize_weights solves them jointly)."""
+    left, right = (v.const_value.numpy().astype(np.float16) for v in lowrank)
+    return [init(op, factor_name(left), left, near=w), init(op, f"{w.name}.lowrank_R", right)]
+
+
+def factor_name(half: np.ndarray) -> str:
+    """A shared low-rank factor's initializer name: equal fp16 contents, one name, one copy."""
+    return f"lowrank_L.{hashlib.sha256(np.ascontiguousarray(half).tobytes()).hexdigest()[:16]}"
 
 
 def init(op, name: str, array: np.ndarray, dtype: ir.DataType | None = None, near: ir.Value | None = None) -> ir.Value:

@@ -13,7 +13,7 @@ from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
 from qpasses.ir.fx_stage import LOWRANK_PREFIX
-from qpasses.rules.base import fail, init
+from qpasses.rules.base import factor_name, fail, init
 
 
 class LowRankFactorToFp16(RewriteRuleClassBase):
@@ -31,7 +31,8 @@ class LowRankFactorToFp16(RewriteRuleClassBase):
         return MatchResult()
 
     def rewrite(self, op, x, f, **_):
-        half = init(op, f"{f.name}.fp16", f.const_value.numpy().astype(np.float16))
+        data = f.const_value.numpy().astype(np.float16)
+        half = init(op, factor_name(data) if f.name.endswith(".L") else f"{f.name}.fp16", data, near=f)
         return op.MatMul(x, op.Cast(half, to=ir.DataType.FLOAT))
 
 

@@ -139,3 +139,30 @@ def test_bad_k_is_refused():
     w, h = layer()
     with pytest.raises(ValueError, match="outside 0..8"):
         srr.srr(w, h, 8, rtn3, k=9)
+
+
+def test_rank_allocation_is_the_best_split_of_a_budget():
+    """On convex error curves: with equal costs the greedy allocation is the exhaustive optimum; with
+    unequal costs it is at least as good as the optimum of a budget one rank's cost smaller (up to its
+    first skip it is the fractional optimum)."""
+    import itertools
+
+    g = torch.Generator().manual_seed(3)
+    curves = [srr.tail_energy(torch.rand(12, generator=g, dtype=F64).sort(descending=True).values, 8) * w
+              for w in (1.0, 3.0, 0.5)]
+
+    def best(costs, budget):
+        return min(sum(float(c[p]) for c, p in zip(curves, ps)) for ps in itertools.product(range(9), repeat=3)
+                   if sum(c * p for c, p in zip(costs, ps)) <= budget)
+
+    for costs in ([2.0, 2.0, 2.0], [2.0, 5.0, 1.0]):
+        for budget in (0, 7, 13, 30, 1e9):
+            ranks = srr.allocate_ranks(curves, costs, budget)
+            assert sum(c * r for c, r in zip(costs, ranks)) <= budget
+            error = sum(float(c[p]) for c, p in zip(curves, ranks))
+            if len(set(costs)) == 1:
+                assert error == pytest.approx(best(costs, budget), abs=1e-12)
+            else:
+                assert error <= best(costs, max(0.0, budget - max(costs))) + 1e-12
+    assert srr.allocate_ranks(curves, [1.0] * 3, 1e9) == [8, 8, 8]
+    assert all(r % 4 == 0 for r in srr.allocate_ranks(curves, [1.0] * 3, 10, step=4))
