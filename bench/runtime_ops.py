@@ -22,7 +22,7 @@ Method (see /work/shared/reference/runtime.md sections 3.5 and 4):
   SIMD read-only loop and releases the GIL) with T Python threads, each on its own slice; best of 5.
   Decode roofline = weight bytes per token / probe bandwidth. "weight MB" counts what a token streams:
   packed nibbles + scales (E8M0 bytes for MXFP4, fp32 scales for INT4), or fp32 weights, plus a low-rank
-  variant's L, R (float32 in the op).
+  variant's L, R (fp16; every linear its own L here, while optimize_weights gives siblings one shared L).
 * Ratios. Each variant vs MatMulNBits accuracy_level 4 (int8 activations) and 0 (fp32 activations);
   targets: decode W4A8 <= 0.6x acc4, W4A16 <= 1.0x acc0, W4A4 <= 1.0x W4A8 of the same op; prefill
   <= 1.0x the faster MatMulNBits level; a low-rank branch (rank 16, 32: SRR / QER) <= 1.15x the same op
@@ -123,7 +123,7 @@ def make_weights(specs, kinds: set[str], rank: int = 0, seed: int = 0) -> dict[s
 
 def weight_bytes(v: Variant, weights, specs) -> int:
     keys = {"fp32": ("W",), "mxfp4": ("B_mx", "E")}.get(v.kind, ("B_i4", "scales"))
-    lowrank = 4 * v.rank * sum(k + n for name, k, n in specs if name != "lm_head")  # float32 in the op
+    lowrank = 2 * v.rank * sum(k + n for name, k, n in specs if name != "lm_head")  # fp16, kept so by the op
     return sum(weights[name][key].nbytes for name, _, _ in specs for key in keys) + lowrank
 
 
