@@ -48,6 +48,18 @@ std::vector<float> to_float(const Ort::ConstValue& v, size_t n) {
   return out;
 }
 
+// [rank, N] row-major -> [ceil(N / kPanel)][rank][kPanel], zero padded (fp16 0x0000 is +0 too).
+template <typename T>
+std::vector<T> pack_panels(const T* r, int64_t rank, int64_t N) {
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+  std::vector<T> out(size_t(panels * rank * kPanel), T(0));
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t j = 0; j < rank; ++j)
+      for (int64_t c = 0; c < kPanel && p * kPanel + c < N; ++c)
+        out[size_t((p * rank + j) * kPanel + c)] = r[j * N + p * kPanel + c];
+  return out;
+}
+
 }  // namespace
 
 PackedWeights pack_weights(const WeightSpec& s, const WeightInputs& in) {
@@ -94,12 +106,11 @@ LowRank make_lowrank(int64_t K, int64_t N, const Ort::ConstValue& L, const Ort::
   lr.rank = rank;
   if (l.type == kF16) {
     const auto* lh = reinterpret_cast<const uint16_t*>(L.GetTensorData<Ort::Float16_t>());
-    const auto* rh = reinterpret_cast<const uint16_t*>(R.GetTensorData<Ort::Float16_t>());
     lr.L16.assign(lh, lh + K * rank);
-    lr.R16.assign(rh, rh + rank * N);
+    lr.R16 = pack_panels(reinterpret_cast<const uint16_t*>(R.GetTensorData<Ort::Float16_t>()), rank, N);
   } else {
     lr.L = to_float(L, size_t(K * rank));
-    lr.R = to_float(R, size_t(rank * N));
+    lr.R = pack_panels(R.GetTensorData<float>(), rank, N);
   }
   return lr;
 }

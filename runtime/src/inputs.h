@@ -34,8 +34,13 @@ struct WeightInputs {
 // Check shapes and dtypes against the spec (naming the offending input) and pack.
 PackedWeights pack_weights(const WeightSpec& spec, const WeightInputs& in);
 
-// The low-rank branch: T = x L (rank values per row), then Y += T R; L [K, rank], R [rank, N] kept in
-// the type they came in: float32, or fp16 bits (L16, R16; half the bytes a decoded token streams).
+// R is packed in panels of kPanel columns, [ceil(N / kPanel)][rank][kPanel] (zero padded), so the
+// epilogue of a column range streams one contiguous block per panel instead of rank strided rows.
+constexpr int64_t kPanel = 64;
+
+// The low-rank branch: T = x L (rank values per row), then Y += T R; L [K, rank] as given, R packed
+// (kPanel), both in the type they came in: float32, or fp16 bits (L16, R16; half the bytes a decoded
+// token streams).
 struct LowRank {
   int64_t K = 0, N = 0, rank = 0;
   std::vector<float> L, R;

@@ -78,10 +78,11 @@ using GemmFn = void (*)(const PackedWeights& w, const ActRows& a, int64_t m0, in
 // sums over r in order, whatever its position, so an op fused along N computes every column as the
 // unfused op does; split = true lets a SIMD path sum a long r loop in 4 partial sums instead (for
 // t = x, R = L: x L has few columns and K terms, one FMA latency per term otherwise).
-using EpilogueFn = void (*)(float* y, const float* bias, const float* t, const float* R, int64_t rank,
-                            int64_t ldr, int64_t n0, int64_t n1, bool split);
-using EpilogueF16Fn = void (*)(float* y, const float* bias, const float* t, const uint16_t* R, int64_t rank,
-                               int64_t ldr, int64_t n0, int64_t n1, bool split);
+template <typename T>  // T: float, or uint16_t for fp16 bits
+using EpilogueOf = void (*)(float* y, const float* bias, const float* t, const T* R, int64_t rank, int64_t ldr,
+                            int64_t n0, int64_t n1, bool split);
+using EpilogueFn = EpilogueOf<float>;
+using EpilogueF16Fn = EpilogueOf<uint16_t>;
 
 // IEEE binary16 bits -> float32, exact (subnormals, infinities and NaNs included).
 inline float half_to_float(uint16_t h) {

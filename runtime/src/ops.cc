@@ -119,15 +119,25 @@ struct RowsTask {
   int64_t M = 0, row_chunk = 1, tile_chunk = 1, n_tile_chunks = 1;
 };
 
-// y[n] += bias[n] + sum_j t[j] M[j * ld + n], n in [n0, n1), with M = lr's L (left: t = x, j < K) or
-// R (t = the row of T, j < rank), in the type it is stored in.
+// y[n] += bias[n] + sum_j t[j] M[j, n], n in [n0, n1), with M = lr's L (left: t = x, j < K, n < rank)
+// or R (t = the row of T, j < rank), in the type it is stored in; R one panel call at a time.
+template <typename T>
+void lowrank_term(EpilogueOf<T> epilogue, const LowRank& lr, const std::vector<T>& L, const std::vector<T>& R,
+                  bool left, float* y, const float* bias, const float* t, int64_t n0, int64_t n1) {
+  if (left) return epilogue(y, bias, t, L.data(), lr.K, lr.rank, n0, n1, true);
+  for (int64_t p = n0 / kPanel; p * kPanel < n1; ++p) {
+    const int64_t base = p * kPanel;
+    epilogue(y + base, bias ? bias + base : nullptr, t, R.data() + p * lr.rank * kPanel, lr.rank, kPanel,
+             std::max(n0, base) - base, std::min(n1, base + kPanel) - base, false);
+  }
+}
+
 void lowrank_term(const Isa& isa, const LowRank& lr, bool left, float* y, const float* bias, const float* t,
                   int64_t n0, int64_t n1) {
-  const int64_t inner = left ? lr.K : lr.rank, ld = left ? lr.rank : lr.N;
   if (lr.L16.empty())
-    isa.epilogue(y, bias, t, (left ? lr.L : lr.R).data(), inner, ld, n0, n1, left);
+    lowrank_term<float>(isa.epilogue, lr, lr.L, lr.R, left, y, bias, t, n0, n1);
   else
-    isa.epilogue_f16(y, bias, t, (left ? lr.L16 : lr.R16).data(), inner, ld, n0, n1, left);
+    lowrank_term<uint16_t>(isa.epilogue_f16, lr, lr.L16, lr.R16, left, y, bias, t, n0, n1);
 }
 
 void prepare(RowsTask& t, int64_t m) {
@@ -144,11 +154,22 @@ void prepare(RowsTask& t, int64_t m) {
   quantize_row(*t.isa, c.act, x.data(), t.rows, m);
 }
 
+// Ask for the R panels of columns [n0, n1) before the chunk's matmul, so they arrive while it runs
+// (a cold panel read after it stalls on DRAM latency: decode reads every byte once per token).
+void prefetch_panels(const LowRank& lr, int64_t n0, int64_t n1) {
+  const bool half = !lr.R16.empty();
+  const char* base = half ? reinterpret_cast<const char*>(lr.R16.data()) : reinterpret_cast<const char*>(lr.R.data());
+  const int64_t elem = half ? 2 : 4, panel = lr.rank * kPanel * elem;
+  const char* end = base + ((n1 + kPanel - 1) / kPanel) * panel;
+  for (const char* p = base + (n0 / kPanel) * panel; p < end; p += 64) __builtin_prefetch(p, 0, 0);
+}
+
 void multiply(RowsTask& t, size_t task) {
   const int64_t rc = int64_t(task) / t.n_tile_chunks, tc = int64_t(task) % t.n_tile_chunks;
   const int64_t m0 = rc * t.row_chunk, m1 = std::min(t.M, m0 + t.row_chunk);
   const int64_t t0 = tc * t.tile_chunk, t1 = std::min(t.w->ntiles, t0 + t.tile_chunk);
   const GemmFn gemm = t.cfg->act.format == ActFormat::kFloat ? t.isa->gemm_float : t.isa->gemm_int;
+  if (t.lr) prefetch_panels(*t.lr, t0 * kTile, std::min(t.w->N, t1 * kTile));
   gemm(*t.w, t.rows, m0, m1, t0, t1, t.Y, t.w->N);
   const int64_t rank = t.lr ? t.lr->rank : 0;
   if (!t.bias && !rank) return;
@@ -256,6 +277,7 @@ class Kernel {
     const int64_t tile_bytes = w.nb * (kTileBytes + kTile * 4);
     t.row_chunk = M == 1 ? 1 : 16;
     t.tile_chunk = std::max<int64_t>(1, (M == 1 ? 48 << 10 : 16 << 10) / tile_bytes);
+    if (lr && t.tile_chunk >= kPanel / kTile) t.tile_chunk -= t.tile_chunk % (kPanel / kTile);  // whole R panels
     t.n_tile_chunks = (w.ntiles + t.tile_chunk - 1) / t.tile_chunk;
     const int64_t tasks = ((M + t.row_chunk - 1) / t.row_chunk) * t.n_tile_chunks;
     parallel(ctx, size_t(tasks), [&t](size_t i) { multiply(t, i); });
