@@ -11,7 +11,7 @@ remaining gap to the float model each rank closes, bits per weight, file size, t
 
 A folder is named <setting>-<srr|qer>-r<rank> (or -b<bits> for a bit budget); its report gives the
 perplexity on 80 windows (or 20 for a sweep run, `--eval-windows 20`) and eval20.json, when there,
-the first 20. Rank 0 is the same recipe without the branch: its perplexities come from the
+the first 20. Rank 0 is the same recipe without the branch: a <setting>-srr-r0 folder, or else its perplexities come from the
 `weights.md` table of the same results folder (issue 7's runs; `--rank0 SETTING=RUN` maps a setting
 to a row there), its bits per weight and size from a `<setting>-rtn-speed` folder (same format and
 layout) when one is given. Writes bench/results/<model>/srr.md (--out names another file).
@@ -90,13 +90,18 @@ def main() -> None:
              "|" + "---|" * 14]
     settings = sorted({m["setting"] for m, _ in runs.values()})
     for setting in settings:
-        base = table0.get(rank0.get(setting, ""), {})
+        zero = [r for m, r in runs.values() if m["setting"] == setting and m["kind"] == "r" and float(m["size"]) == 0]
+        base = zero[0]["ppl"] if zero else table0.get(rank0.get(setting, ""), {})
         speed = results / f"{setting}-rtn-speed" / "report.json"
         size = json.loads(speed.read_text()) if speed.is_file() else {}
-        lines.append(f"| {setting} | rank 0 ({rank0.get(setting, '–')}) | 0 | {fmt(base.get(80))} | | "
+        if zero:
+            size = {"bits_per_weight": zero[0]["bpw"], "onnx_bytes": zero[0]["mb"] * 1e6}
+        source = f"{setting}-srr-r0" if zero else rank0.get(setting, "–")
+        lines.append(f"| {setting} | rank 0 ({source}) | 0 | {fmt(base.get(80))} | | "
                      f"{fmt(base.get(20))} | | {fmt(size.get('bits_per_weight'))} | "
                      f"{fmt(size['onnx_bytes'] / 1e6 if size else None, '.1f')} | | | | | |")
-        rows = sorted(((m, r) for m, r in runs.values() if m["setting"] == setting),
+        rows = sorted(((m, r) for m, r in runs.values() if m["setting"] == setting and (m["kind"], float(m["size"]))
+                       != ("r", 0)),
                       key=lambda mr: (mr[0]["kind"], float(mr[0]["size"]), mr[0]["method"]))
         for m, r in rows:
             gaps = [None if w not in r["ppl"] or w not in base or w not in fp else
