@@ -21,9 +21,10 @@ as quantize_weights records them.
              (preserve only). L, R are stored in fp16 in a branch y += (x L) R that reads the
              linear's float input (FxStage.add_lowrank), which lowering fuses into the op.
     budget   > 0: average extra bits per weight (of the pass's linears) for the branches, instead of
-             one rank everywhere: `rank` becomes each site's cap and ranks go, `rank_step` at a time,
-             where they remove the most layer error per bit, measured on the float model as the
-             whitened spectrum of the RTN error (the QER curve), relative to ‖S W‖².
+             one rank everywhere: `rank` caps each group (linears sharing an input share L and rank),
+             and ranks go `rank_step` at a time where they remove the most layer error per bit,
+             measured on the float model as the whitened spectrum of the RTN error (the QER
+             curve), relative to ‖S W‖².
 Linears that read the same tensor (q/k/v, gate/up) share one H (and S). Stage: fx.
 """
 
