@@ -8,8 +8,9 @@ Low-rank branches fuse too. Siblings that share L (optimize_weights solves them 
 [(x L) R₁ | (x L) R₂] = (x L) [R₁ R₂], so L stays and R is concatenated along N. Otherwise
 [(x L₁) R₁ | (x L₂) R₂] = x [L₁ L₂] · blockdiag(R₁, R₂): L side by side along the rank, R
 block-diagonal (its zeros are streamed and multiplied: Σr·ΣN values instead of Σ rᵢNᵢ).
-Siblings fuse when they are the same op with the same attributes but N, have constant weights, no bias or sign input, and all or
-none carry a low-rank branch (of one dtype). Stage: onnx, after lower_linears.
+Siblings fuse when they are the same op with the same attributes but N, have constant weights, no
+bias or sign input, and all or none carry a low-rank branch (of one dtype). Stage: onnx, after
+lower_linears.
 """
 
 from __future__ import annotations
