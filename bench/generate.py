@@ -61,6 +61,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 import qpasses.runtime
+from qpasses.evaluate.generate import Decoder
 from qpasses.evaluate.session import ort_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,63 +85,6 @@ T0 = time.perf_counter()
 
 def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-class Decoder:
-    """A decoder_model.onnx session with a greedy generation loop (IO binding or plain run)."""
-
-    def __init__(self, sess: ort.InferenceSession, iobinding: bool = False):
-        self.sess, self.iobinding = sess, iobinding
-        self.past = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
-        self.present = [p.replace("past_key_values.", "present.") for p in self.past]
-        shape = sess.get_inputs()[[i.name for i in sess.get_inputs()].index(self.past[0])].shape
-        self.empty = np.zeros((1, shape[1], 0, shape[3]), np.float32)  # [batch, kv_heads, 0, head_dim]
-        self.binding = sess.io_binding()
-        self.ort_seconds = 0.0  # time inside session.run / run_with_iobinding, summed
-
-    def run(self, tokens: list[int], past: list | None, start: int):
-        """One forward pass: (logits of the last position, present KV as OrtValues or numpy arrays)."""
-        n = len(tokens)
-        feeds = {"input_ids": np.array([tokens], np.int64), "attention_mask": np.ones((1, start + n), np.int64),
-                 "position_ids": np.arange(start, start + n, dtype=np.int64)[None]}
-        past = past if past is not None else [self.empty] * len(self.past)
-        if not self.iobinding:
-            feeds.update(zip(self.past, past))
-            t = time.perf_counter()
-            out = self.sess.run(["logits", *self.present], feeds)
-            self.ort_seconds += time.perf_counter() - t
-            return out[0][0, -1], out[1:]
-        b = self.binding
-        for name, arr in feeds.items():
-            b.bind_cpu_input(name, arr)
-        for name, value in zip(self.past, past):
-            if isinstance(value, np.ndarray):
-                b.bind_cpu_input(name, value)
-            else:
-                b.bind_ortvalue_input(name, value)
-        for name in ("logits", *self.present):
-            b.bind_output(name, "cpu")  # ORT allocates fresh outputs every run
-        t = time.perf_counter()
-        self.sess.run_with_iobinding(b)
-        self.ort_seconds += time.perf_counter() - t
-        out = b.get_outputs()
-        return out[0].numpy()[0, -1], out[1:]
-
-    def generate(self, prompt: list[int], steps: int) -> tuple[list[int], float]:
-        """Greedy: the prompt, then `steps` single-token steps; returns the tokens and the seconds of the
-        steps (self.ort_seconds: the part of them spent inside onnxruntime's run)."""
-        logits, past = self.run(prompt, None, 0)
-        tokens = [int(logits.argmax())]
-        t, self.ort_seconds = time.perf_counter(), 0.0
-        for i in range(steps):
-            logits, past = self.run(tokens[-1:], past, len(prompt) + i)
-            tokens.append(int(logits.argmax()))
-        return tokens[:steps], time.perf_counter() - t
-
-    def prefill(self, prompt: list[int]) -> float:
-        t = time.perf_counter()
-        self.run(prompt, None, 0)
-        return time.perf_counter() - t
 
 
 def speed(folders: dict[str, Path], prompts, args) -> list[dict]:

@@ -21,13 +21,13 @@ from qpasses.errors import InputError
 from qpasses.export.deploy import check_destination, staged
 from qpasses.passes.base import Context
 from qpasses.passes.manager import PassManager
-from qpasses.recipe import load_recipe
+from qpasses.recipe import DEFAULT_RECIPE, load_recipe
 
 
 @dataclass
 class Options:
     model: str = "smollm2-135m"
-    recipe: str = "int4-w4a16-rtn"
+    recipe: str = DEFAULT_RECIPE
     out: Path | None = None
     tokenizer: str | None = None
     calib_windows: int = 128
@@ -49,7 +49,7 @@ class Options:
         return Path(f"{Path(self.model).stem}-{Path(self.recipe).stem}")
 
 
-def compile(model: str = "smollm2-135m", recipe: str = "int4-w4a16-rtn", out: str | Path | None = None,
+def compile(model: str = "smollm2-135m", recipe: str = DEFAULT_RECIPE, out: str | Path | None = None,
             **options) -> dict:
     """Compile `model` with `recipe` into `out`; returns the report (also written as report.json/.md)."""
     return run(Options(model=model, recipe=recipe, out=Path(out) if out else None, **options))
@@ -109,7 +109,7 @@ def run(opts: Options, log=print) -> dict:
     final, results = manager.run(graph, ctx)
     metadata = provenance(recipe, results, loaded, ctx)
     with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
-        save(final, folder, loaded, metadata)
+        save(final, folder, loaded, recipe, metadata)
         probe_seconds = probe.seconds if probe else 0.0
         quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"] - probe_seconds
         rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata, ctx.notes))
@@ -181,11 +181,15 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: dict) -> 
     }
 
 
-def save(final, folder: Path, loaded, metadata: dict[str, str]) -> None:
+def save(final, folder: Path, loaded, recipe, metadata: dict[str, str]) -> None:
     from qpasses.export.deploy import finalize, write_deployment
+    from qpasses.export.folder_readme import folder_readme
     from qpasses.export.onnx_export import OnnxModels
 
     for model in final.models.values():
         finalize(model)
     models = OnnxModels(logits=final.models["logits"], decoder=final.models.get("decoder"))
     write_deployment(models, folder, loaded.tokenizer, metadata)
+    domains = {d for m in final.models.values() for d in m.opset_imports}
+    (folder / "README.md").write_text(folder_readme(loaded.name, recipe, metadata["qpasses.version"],
+                                                    json.loads(metadata["qpasses.ort"]), domains))

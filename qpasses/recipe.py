@@ -33,6 +33,10 @@ from qpasses.errors import RecipeError
 from qpasses.passes.base import Override
 
 TOP_KEYS = {"description", "ignore", "pass", "override"}
+# The composed recipes (every method in its best measured order, embedding and lm_head quantized
+# too; docs/results.md), one per setting, and the one `qpasses run` uses when none is named.
+COMPOSED = ("int4-w4a16", "mxfp4-w4a16", "mxfp4-w4a8", "mxfp4-w4a4", "int4-w4a4")
+DEFAULT_RECIPE = "int4-w4a16"
 
 
 def builtin_dir():

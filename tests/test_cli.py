@@ -5,7 +5,7 @@ import json
 import pytest
 
 from qpasses.cli.main import main
-from qpasses.recipe import builtin_recipes
+from qpasses.recipe import COMPOSED, builtin_recipes
 
 TEXT = "The GNU coding standards were written by Richard Stallman and other GNU Project volunteers. " * 60
 
@@ -24,7 +24,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def int4_run(tmp_path_factory, text):
     out = tmp_path_factory.mktemp("runs") / "int4"
-    assert run("--eval-windows", 2, "--text", text, "--out", out) == 0
+    assert run("--recipe", "int4-w4a16-rtn", "--eval-windows", 2, "--text", text, "--out", out) == 0
     return out
 
 
@@ -34,7 +34,9 @@ def report(out):
 
 def test_run_writes_the_deployment_and_a_complete_report(int4_run):
     names = {p.name for p in int4_run.iterdir()}
-    assert {"model.onnx", "decoder_model.onnx", "model.onnx.data", "report.json", "report.md", "tokenizer.json"} <= names
+    assert {"model.onnx", "decoder_model.onnx", "model.onnx.data", "report.json", "report.md", "tokenizer.json",
+            "README.md"} <= names
+    assert "register_custom_ops_library" in (int4_run / "README.md").read_text()  # it uses our ops
     r = report(int4_run)
     for key in ("ppl_fp", "ppl_stage_a", "ppl_quant", "eval_tokens", "onnx_bytes", "fp32_onnx_bytes", "passes",
                 "quantize_seconds", "bits_per_weight", "peak_rss_bytes", "versions"):
@@ -59,6 +61,19 @@ def test_eval_json_matches_the_report(int4_run, text, capsys):
     assert out["ppl"] == pytest.approx(report(int4_run)["ppl_quant"], rel=1e-6)
 
 
+def test_generate_talks_from_the_deployed_folder(int4_run, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(int4_run), "--prompt", "hello", "--max-tokens", "5", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "prompt tokens" in err and "new tokens" in err
+    assert main(["generate", str(int4_run), "--prompt", "hello", "--raw", "--max-tokens", "3", "--temperature", "0.8"]) == 0
+
+
+def test_generate_on_a_folder_without_a_decoder_is_one_line(tmp_path, capsys):
+    assert main(["generate", str(tmp_path), "--prompt", "hi"]) == 2
+    assert "decoder_model.onnx" in error_line(capsys)
+
+
 def test_recipes_lists_every_builtin(capsys):
     assert main(["recipes"]) == 0
     listed = capsys.readouterr().out
@@ -73,6 +88,10 @@ def test_every_builtin_recipe_deploys_what_stage_a_computed(recipe, text, tmp_pa
     if "smoothrot" in recipe:  # the ladder of scale policies is recorded
         assert "heldout_error" in (tmp_path / recipe / "manifest.json").read_text()
     assert r["ppl_quant"] == pytest.approx(r["ppl_stage_a"], rel=2e-3), recipe
+    if recipe in COMPOSED:  # every linear, the lm_head and the tied embedding are quantized: nothing left in fp32
+        rewrites = {k: v for p in r["passes"] for k, v in p["rewrites"].items()}
+        assert rewrites["embedding.tied"] == 1 and rewrites["gather.block_quantized"] == 1, rewrites
+        assert sum(v for k, v in rewrites.items() if k.startswith("gptq+piso.")) == 15, rewrites  # 14 + lm_head
     if recipe == "fp" or recipe.startswith("rotate-"):  # function-preserving
         assert r["ppl_stage_a"] == pytest.approx(r["ppl_fp"], rel=1e-5)
 
@@ -110,12 +129,13 @@ def test_existing_output_is_refused_without_force(int4_run, capsys):
     (["--model", "/no/such/model"], "no/such/model"),
     (["--model", "gpt-17"], "gpt-17"),
     (["--recipe", "no-such-recipe"], "unknown recipe"),
+    (["--set", "quantize_weights.ignore=7"], "ignore must be a list"),
     (["--set", "quantize_weights.block_size=7"], "block_size 7"),
     (["--set", "quantize_weights.ignore_me=1"], "has no setting ignore_me"),
 ])
 def test_bad_input_is_one_clear_line_and_leaves_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["run", "--no-eval", "--no-progress", "--out", str(out), *args]) == 2
+    assert main(["run", "--no-eval", "--no-progress", "--recipe", "int4-w4a16-rtn", "--out", str(out), *args]) == 2
     assert message in error_line(capsys)
     assert not out.exists()
 
@@ -123,7 +143,8 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(args, message, tmp_path,
 def test_graph_with_no_matching_site_is_an_error(int4_run, tmp_path, capsys):
     """An already-lowered model has no float linears left (lm_head is ignored): zero rewrites is an error."""
     out = tmp_path / "again"
-    assert main(["run", "--model", str(int4_run / "model.onnx"), "--no-eval", "--out", str(out), "--no-progress"]) == 2
+    assert main(["run", "--model", str(int4_run / "model.onnx"), "--recipe", "int4-w4a16-rtn", "--no-eval",
+                 "--out", str(out), "--no-progress"]) == 2
     assert "rewrote nothing" in error_line(capsys)
     assert not out.exists()
 
@@ -134,7 +155,7 @@ def test_bert_style_encoder_gets_weight_only_rtn(tmp_path, capsys):
 
     folder = save_tiny_bert(tmp_path / "tiny-bert")
     out = tmp_path / "bert-int4"
-    base = ["run", "--model", str(folder), "--out", str(out), "--no-progress", "--set", "quantize_weights.block_size=32"]
+    base = ["run", "--model", str(folder), "--recipe", "int4-w4a16-rtn", "--out", str(out), "--no-progress", "--set", "quantize_weights.block_size=32"]
     assert main(base) == 2
     assert "not a causal language model" in error_line(capsys)
     assert main([*base, "--no-eval"]) == 0
@@ -148,7 +169,7 @@ def test_bert_style_encoder_gets_weight_only_rtn(tmp_path, capsys):
 def test_smollm2_end_to_end(tmp_path):
     """The real model, 2 windows: the deployed file (our runtime ops) computes what stage A computed."""
     out = tmp_path / "smollm2"
-    assert main(["run", "--eval-windows", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["run", "--recipe", "int4-w4a16-rtn", "--eval-windows", "2", "--out", str(out), "--no-progress"]) == 0
     r = report(out)
     assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g128": 210}
     assert r["ppl_quant"] == pytest.approx(r["ppl_stage_a"], rel=1e-3)
@@ -167,6 +188,6 @@ def test_a_failure_after_export_leaves_nothing_behind(tmp_path, text, monkeypatc
 
     monkeypatch.setattr(Evaluator, "ort", broken)
     out = tmp_path / "out"
-    assert run("--eval-windows", 1, "--text", text, "--out", out) == 2
+    assert run("--recipe", "int4-w4a16-rtn", "--eval-windows", 1, "--text", text, "--out", out) == 2
     assert "simulated" in error_line(capsys)
     assert list(tmp_path.iterdir()) == []

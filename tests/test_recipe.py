@@ -1,7 +1,7 @@
 import pytest
 
 from qpasses.errors import RecipeError
-from qpasses.recipe import builtin_recipes, load_recipe, parse
+from qpasses.recipe import COMPOSED, DEFAULT_RECIPE, builtin_recipes, load_recipe, parse
 
 REQUIRED = {"fp", "int4-w4a16-rtn", "mxfp4-w4a16-rtn", "mxfp4-w4a8-rtn", "mxfp4-w4a4-rtn", "int4-w4a4-rtn"}
 
@@ -54,3 +54,7 @@ def test_recipe_file_path(tmp_path):
     r = load_recipe(str(f))
     assert r.name == "mine" and r.ignore == ("lm_head",)
     assert r.instantiate()[0].settings.weight_format().block_size == 32
+
+
+def test_the_default_is_a_composed_recipe_and_every_composed_one_is_built_in():
+    assert DEFAULT_RECIPE in COMPOSED and set(COMPOSED) <= set(builtin_recipes())

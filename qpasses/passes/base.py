@@ -64,12 +64,19 @@ class Pass(abc.ABC):
     expects_rewrites: ClassVar[bool] = True  # zero rewrites is an error
     Settings: ClassVar[type]
 
-    def __init__(self, **settings: Any):
+    def __init__(self, ignore: Any = (), **settings: Any):
+        """`ignore`: glob patterns on site names this pass leaves alone, on top of the recipe's
+        top-level `ignore` (e.g. an lm_head that is quantized but not rotated)."""
+        if isinstance(ignore, str):
+            ignore = [ignore]
+        if not isinstance(ignore, (list, tuple)) or not all(isinstance(g, str) for g in ignore):
+            raise RecipeError(f"pass {self.name!r}: ignore must be a list of site-name patterns, got {ignore!r}")
+        self.ignore = tuple(ignore)
         known = {f.name for f in dataclasses.fields(self.Settings)}
         unknown = set(settings) - known
         if unknown:
             raise RecipeError(
-                f"pass {self.name!r} has no setting {', '.join(sorted(unknown))}; it takes: {', '.join(sorted(known))}"
+                f"pass {self.name!r} has no setting {', '.join(sorted(unknown))}; it takes: {', '.join(sorted(known | {'ignore'}))}"
             )
         try:
             self.settings = self.Settings(**settings)

@@ -60,6 +60,8 @@ class PassManager:
     def _run_one(self, i: int, p: Pass, graph, ctx: Context, done: list[PassResult]) -> PassResult:
         self._dump(graph, f"{i:02d}-{p.name}-before")
         t = time.perf_counter()
+        recipe_ignore = ctx.ignore
+        ctx.ignore = recipe_ignore + p.ignore  # the pass's own ignore list, for this pass only
         try:
             p.requires(graph, ctx)
             counts = p.run(graph, ctx)
@@ -68,13 +70,15 @@ class PassManager:
         except QPassError as e:
             ran = ", ".join(r.name for r in done) or "none"
             raise type(e)(f"{e} (in pass {p.name!r}; passes already run: {ran})") from None
+        finally:
+            ctx.ignore = recipe_ignore
         if p.changes_activations and ctx.calibration is not None:
             ctx.calibration.invalidate()  # statistics of the old activations can never be asked for again
         result = PassResult(p.name, counts, time.perf_counter() - t)
         if p.expects_rewrites and result.total == 0:
             raise NoMatchError(
                 f"pass {p.name!r} rewrote nothing: no linear site matched. The graph has {len(graph.sites())} linear "
-                f"site(s); ignore patterns {list(ctx.ignore)}. Check the model and the recipe's ignore list."
+                f"site(s); ignore patterns {list(ctx.ignore + p.ignore)}. Check the model and the recipe's ignore list."
             )
         self._dump(graph, f"{i:02d}-{p.name}-after")
         rules = ", ".join(f"{k}={v}" for k, v in counts.items())

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from qpasses.errors import NoMatchError, PostconditionError, PreconditionError
+from qpasses.errors import NoMatchError, PostconditionError, PreconditionError, RecipeError
 from qpasses.passes.base import Context, Pass
 from qpasses.passes.manager import PassManager
 
@@ -79,3 +79,17 @@ def test_fx_only_pass_refused_on_onnx_input():
 def test_dump_before_and_after_each_pass(tmp_path):
     manager([make_pass("a", ("fx",))], dump_dir=tmp_path).run(FakeGraph("fx"), Context())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00-a-after.fx.txt", "00-a-before.fx.txt"]
+
+
+def test_a_pass_ignore_list_adds_to_the_recipe_one_for_that_pass_only():
+    seen = []
+
+    def run(self, graph, ctx):
+        seen.append((self.name, ctx.ignore))
+        return {"rule": 1}
+
+    a, b = (type(n, (Pass,), {"name": n, "stages": ("fx",), "Settings": NoSettings, "run": run}) for n in "ab")
+    manager([a(ignore=["lm_head"]), b()]).run(FakeGraph("fx"), ctx := Context(ignore=("*.v_proj",)))
+    assert seen == [("a", ("*.v_proj", "lm_head")), ("b", ("*.v_proj",))] and ctx.ignore == ("*.v_proj",)
+    with pytest.raises(RecipeError, match="ignore must be a list"):
+        a(ignore=3)

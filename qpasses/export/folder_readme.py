@@ -1,0 +1,77 @@
+"""README.md of a deployed folder: what the files are and how to run them, from Python and from
+C/C++ onnxruntime. Written before the report, so the folder's size counts it; the figures are in
+report.md."""
+
+from __future__ import annotations
+
+import json
+
+from qpasses.runtime import DOMAIN, LIBRARY_NAME
+
+
+def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]) -> str:
+    """`recipe`: the Recipe run; `ort`: the session settings of the graphs' `qpasses.ort` metadata;
+    `domains`: the operator domains the graphs import."""
+    config = ort.get("config") or {}
+    custom = DOMAIN in domains
+    lines = [
+        f"# {model}, recipe `{recipe.name}`",
+        "",
+        recipe.description,
+        "",
+        f"Written by qpasses {version}. Accuracy, size, time and memory: report.md.",
+        "",
+        "| file | what |",
+        "|---|---|",
+        "| model.onnx | logits graph: input_ids, attention_mask [batch, seq] -> logits [batch, seq, vocab] |",
+        "| decoder_model.onnx | KV-cache step graph: input_ids, attention_mask, position_ids, "
+        "past_key_values.{i}.key/value -> logits, present.{i}.key/value |",
+        "| model.onnx.data | the weights of both graphs, stored once (external data; keep it next to them) |",
+        "| tokenizer.json, tokenizer_config.json, chat_template.jinja | tokenizer and chat template |",
+        "| report.md, report.json, manifest.json | accuracy, size, speed; the recipe as run and tool versions |",
+        "",
+        "## Run it",
+        "",
+    ]
+    if custom:
+        lines += [
+            f"The graphs use the `{DOMAIN}` custom ops (MatMulMXFP4 / MatMulInt4); onnxruntime needs the",
+            f"library `{LIBRARY_NAME}` registered before it loads the model. With qpasses installed:",
+        ]
+    else:
+        lines += ["The graphs use standard onnxruntime ops only (no custom-op library needed). With qpasses:"]
+    lines += [
+        "",
+        "```bash",
+        "qpasses generate . --prompt \"What is the capital of France?\"   # chat, greedy, streamed",
+        "qpasses eval model.onnx --windows 20                             # perplexity",
+        "```",
+        "",
+        "```python",
+        "import qpasses.runtime",
+        "sess = qpasses.runtime.session(\"decoder_model.onnx\")  # an onnxruntime.InferenceSession" + (
+            ", our ops registered" if custom else ""),
+        "```",
+        "",
+        "Plain onnxruntime (Python):",
+        "",
+        "```python",
+        "import onnxruntime as ort",
+        "so = ort.SessionOptions()",
+    ]
+    if custom:
+        lines.append(f"so.register_custom_ops_library(\"/path/to/{LIBRARY_NAME}\")  "
+                     "# python -c 'import qpasses.runtime as r; print(r.library_path())'")
+    lines += [f"so.add_session_config_entry({k!r}, {v!r})" for k, v in sorted(config.items())]
+    lines += ["sess = ort.InferenceSession(\"model.onnx\", so, providers=[\"CPUExecutionProvider\"])", "```", ""]
+    lines += ["C/C++ (onnxruntime C++ API, 1.17 or newer):", "", "```cpp", "Ort::Env env;", "Ort::SessionOptions so;"]
+    if custom:
+        lines.append(f"so.RegisterCustomOpsLibrary(ORT_TSTR(\"/path/to/{LIBRARY_NAME}\"));")
+    lines += [f"so.AddConfigEntry(\"{k}\", \"{v}\");" for k, v in sorted(config.items())]
+    lines += ["Ort::Session session(env, ORT_TSTR(\"model.onnx\"), so);", "```", ""]
+    if custom:
+        lines += [f"`{LIBRARY_NAME}` exports `RegisterCustomOps` (the C API's custom-op entry point); it picks the",
+                  "AVX-512, AVX2 or scalar kernels when a session is created (`QPASSES_ISA=scalar|avx2|avx512` forces one).", ""]
+    lines += ["Session settings the compiler chose (also in the graphs' `qpasses.ort` metadata):",
+              f"`{json.dumps(ort) if ort else 'none'}`.", ""]
+    return "\n".join(lines)
