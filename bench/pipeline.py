@@ -179,7 +179,7 @@ def tables(composed: dict, ablation: dict, refs: dict, speed: list[dict], llama:
     return md
 
 
-def plots(out: Path, points: list[dict], speed: list[dict], llama: list[dict]) -> list[str]:
+def plots(out: Path, model: str, points: list[dict], speed: list[dict], llama: list[dict]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,7 +193,7 @@ def plots(out: Path, points: list[dict], speed: list[dict], llama: list[dict]) -
                    color="C3" if composed else "C0")
         ax.annotate(p["name"], (p["bits_per_weight"], p["ppl20"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="bits per weight (every parameter, file)", ylabel="perplexity, ORT, first 20 windows",
-           yscale="log", title="SmolLM2-135M: perplexity against size (stars: composed recipes)")
+           yscale="log", title=f"{model}: perplexity against size (stars: composed recipes)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "ppl_vs_bits.png", dpi=120)
@@ -214,7 +214,7 @@ def plots(out: Path, points: list[dict], speed: list[dict], llama: list[dict]) -
             ax.annotate(f"llama.cpp {r['type']}", (r["tg_tps"], ax.get_ylim()[1]), fontsize=7, rotation=90,
                         va="top", color="C2")
     ax.set(xlabel=f"decode tokens/s, {t} thread(s), batch 1", ylabel="perplexity, ORT, first 20 windows", yscale="log",
-           title="SmolLM2-135M: accuracy against decode speed (grey: fp32 and MatMulNBits RTN)")
+           title=f"{model}: accuracy against decode speed (grey: fp32 and MatMulNBits RTN)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "ppl_vs_decode.png", dpi=120)
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
           "* peers: measured on the same model, text and windows by earlier hands-on runs "
           "(../shared/reference/peers-handson.md), not re-run here.", ""]
     md += tables(composed, ablation, refs, speed, llama, windows)
-    names = plots(out, [*composed.values(), *refs.values(), *(r for rows in ablation.values() for r in rows)],
+    names = plots(out, args.model, [*composed.values(), *refs.values(), *(r for rows in ablation.values() for r in rows)],
                   speed, llama)
     md += ["", *[f"![{n}]({n})" for n in names], ""]
     text = "\n".join(md)

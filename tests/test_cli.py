@@ -74,6 +74,21 @@ def test_generate_on_a_folder_without_a_decoder_is_one_line(tmp_path, capsys):
     assert "decoder_model.onnx" in error_line(capsys)
 
 
+def test_doctor_checks_every_kernel_path(capsys):
+    from qpasses.runtime import available_isas
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[  ok] kernels, {isa}:" in out for isa in available_isas()), out
+
+
+def test_doctor_says_what_to_do_when_the_library_is_missing(capsys, monkeypatch):
+    monkeypatch.setenv("QPASSES_RUNTIME_LIBRARY", "/no/such/libqpasses_ops.so")
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] runtime library" in out and "what to do: ./dev setup" in out
+
+
 def test_recipes_lists_every_builtin(capsys):
     assert main(["recipes"]) == 0
     listed = capsys.readouterr().out

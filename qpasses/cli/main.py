@@ -1,5 +1,6 @@
 """The `qpasses` command: run (compile a model with a recipe), eval (perplexity of any exported
-model), generate (text from a deployed folder), recipes (list the built-in recipes). Errors print one line and exit with status 2."""
+model), generate (text from a deployed folder), doctor (check this machine), recipes (list the
+built-in recipes). Errors print one line and exit with status 2."""
 
 from __future__ import annotations
 
@@ -120,6 +121,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
     g.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
     g.set_defaults(func=_generate)
+    from qpasses.cli import doctor
+
+    sub.add_parser("doctor", help="check onnxruntime, the runtime library and its kernels on this machine",
+                   description=doctor.DESCRIPTION).set_defaults(func=doctor.run)
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(func=_recipes)
     return p
 

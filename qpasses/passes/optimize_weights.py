@@ -52,6 +52,7 @@ from qpasses.passes.base import Pass
 from qpasses.passes.quantize_weights import on_grid
 
 F64 = torch.float64
+ROW_CHUNK = 8192  # rows per PiSO / GPTQ solve (Solver.solve)
 PRESERVE = ("probe", "spectral", "none", "all")
 
 
@@ -140,21 +141,27 @@ class Solver:
         return piso.nearest(col / s, self.grid) * s
 
     def solve(self, w: np.ndarray, h: torch.Tensor | None):
-        """float32 W [N, K], H [K, K] (None: identity) -> QuantizedWeight."""
+        """float32 W [N, K], H [K, K] (None: identity) -> QuantizedWeight. Rows are solved
+        ROW_CHUNK at a time (every method here treats rows independently): the working set of
+        PiSO and GPTQ stays that of a decoder linear even for a 49152-row lm_head."""
         k = w.shape[1]
         group = block_length(self.fmt, k)
-        target = torch.from_numpy(w).to(F64)
-        if self.st.gptq:  # Ŵ comes out on the grid of its scales; the format re-derives the codes
-            target, scales = gptq.gptq(target, h, group, self.scales_for, self.round_to, self.st.damp,
-                                       self.st.act_order)
-        else:
-            cols = [slice(a, min(a + group, k)) for a in range(0, k, group)]
-            scales = torch.stack([self.scales_for(target[:, c], None if h is None else h[c, c]) for c in cols], 1)
+        parts = [self._rows(torch.from_numpy(w[a:a + ROW_CHUNK]).to(F64), h, group)
+                 for a in range(0, w.shape[0], ROW_CHUNK)]
+        target, scales = (torch.cat(t) for t in zip(*parts))
         if self.fmt.kind == "mxfp4":
             stored = e8m0_encode(torch.log2(scales).round().long().numpy())
         else:
             stored = scales.float().numpy()
         return quantize_weight(target.float().numpy(), self.fmt, stored)
+
+    def _rows(self, target: torch.Tensor, h: torch.Tensor | None, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [n, K] -> (Ŵ or W, the block scales [n, blocks])."""
+        if self.st.gptq:  # Ŵ comes out on the grid of its scales; the format re-derives the codes
+            return gptq.gptq(target, h, group, self.scales_for, self.round_to, self.st.damp, self.st.act_order)
+        k = target.shape[1]
+        cols = [slice(a, min(a + group, k)) for a in range(0, k, group)]
+        return target, torch.stack([self.scales_for(target[:, c], None if h is None else h[c, c]) for c in cols], 1)
 
     def solve_lowrank(self, w: np.ndarray, h: torch.Tensor, whiten) -> tuple:
         """SRR around `solve`: (QuantizedWeight of the residual, (L [K, r], R [r, N]) float32 holding

@@ -130,3 +130,21 @@ def test_chosen_scales_and_codes_pack_bit_exactly(settings, target):
     counts = lower.run(stage, ctx)
     assert sum(counts.values()) >= len(ctx.quantized)  # + the table tied to lm_head
     lower.ensures(stage, ctx)  # every stored byte decodes to the recorded codes and scales
+
+
+@pytest.mark.parametrize("settings", [dict(format="int4", block_size=32, scales="piso", gptq=True),
+                                      dict(format="mxfp4", scales="piso", gptq=False)])
+def test_rows_solved_in_chunks_give_the_same_codes(settings, monkeypatch):
+    """Solver.solve splits tall weights (a 49152-row lm_head) into row chunks; rows are independent."""
+    import torch
+
+    from qpasses.passes import optimize_weights as ow
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((50, 64)).astype(np.float32)
+    x = torch.from_numpy(rng.standard_normal((256, 64)))
+    solver = ow.Solver(ow.Settings(**settings))
+    whole = solver.solve(w, x.T @ x)
+    monkeypatch.setattr(ow, "ROW_CHUNK", 16)
+    chunked = solver.solve(w, x.T @ x)
+    assert np.array_equal(whole.codes, chunked.codes) and np.array_equal(whole.scales, chunked.scales)

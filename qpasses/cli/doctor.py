@@ -1,0 +1,113 @@
+"""`qpasses doctor`: is this machine ready to run qpasses files? Checks the onnxruntime version
+against the API level the runtime library was built for, that the library loads, which kernel
+paths (ISAs) this CPU and build run, and runs a small op of every kind under every path against
+the numpy reference. Prints one line per check and what to do when one fails."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+DESCRIPTION = __doc__.split("`: ", 1)[1]
+API_LEVEL = 21  # ORT_API_VERSION of the headers the library is built with (runtime/fetch_ort_headers.py)
+# (op, act_bits, act_format, act_block): weight-only, W4A8, W4A4 of both ops
+CASES = (("MatMulMXFP4", 0, "int", 32), ("MatMulMXFP4", 8, "int", 32), ("MatMulMXFP4", 4, "mxfp", 32),
+         ("MatMulInt4", 0, "int", 32), ("MatMulInt4", 8, "int", 32), ("MatMulInt4", 4, "int", 0))
+
+
+class Report:
+    def __init__(self):
+        self.failed = 0
+
+    def line(self, ok: bool, what: str, detail: str, fix: str = "") -> bool:
+        print(f"[{'ok' if ok else 'FAIL':>4}] {what}: {detail}")
+        if not ok:
+            self.failed += 1
+            if fix:
+                print(f"       what to do: {fix}")
+        return ok
+
+
+def check_versions(rep: Report) -> bool:
+    import onnxruntime as ort
+
+    major, minor = (int(x) for x in ort.__version__.split(".")[:2])
+    return rep.line((major, minor) >= (1, API_LEVEL), "onnxruntime",
+                    f"{ort.__version__} (the library needs ORT API level {API_LEVEL}: onnxruntime >= 1.{API_LEVEL})",
+                    f"pip install 'onnxruntime>=1.{API_LEVEL}' (the project pins the tested one)")
+
+
+def check_library(rep: Report) -> bool:
+    from qpasses.errors import InputError
+    from qpasses.runtime import library_path
+
+    try:
+        path = library_path()
+    except InputError as e:
+        return rep.line(False, "runtime library", str(e), "./dev setup (or pip install -e .) rebuilds runtime/")
+    return rep.line(True, "runtime library", str(path))
+
+
+def run_case(case, isa: str, tmp: Path, rng) -> float:
+    """Worst error / tolerance of one op under one ISA (raises on a load, run or accuracy failure)."""
+    import numpy as np
+    import onnx
+
+    from qpasses.runtime import session
+    from qpasses.runtime.op_models import op_model, random_weights
+    from qpasses.runtime.ops import OpConfig
+    from qpasses.runtime.reference import check_close, reference
+
+    op, bits, fmt, block = case
+    cfg = OpConfig(op, K=96, N=40, act_bits=bits, act_format=fmt, act_block=block)
+    inputs = random_weights(cfg, rng)
+    model, _ = op_model(cfg, inputs, ("M", cfg.K))
+    path = tmp / f"{op}-{bits}.onnx"
+    onnx.save(model, path)
+    a = rng.standard_normal((3, cfg.K)).astype(np.float32)
+    os.environ["QPASSES_ISA"] = isa
+    y = session(path, threads=1).run(["Y"], {"A": a})[0]
+    ref, bound = reference(cfg, a, inputs["B"], inputs.get("E", inputs.get("scales")))
+    return check_close(y, ref, bound)
+
+
+def check_kernels(rep: Report) -> bool:
+    import numpy as np
+
+    from qpasses.runtime import available_isas
+
+    isas = available_isas()
+    saved = os.environ.get("QPASSES_ISA")
+    used = f"QPASSES_ISA={saved} is set: sessions use it" if saved else f"sessions use {isas[-1]} (QPASSES_ISA overrides)"
+    rep.line(True, "CPU kernel paths", f"{', '.join(isas)}; {used}")
+    ok = True
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for isa in isas:
+                worst, errors = 0.0, []
+                for case in CASES:
+                    try:
+                        worst = max(worst, run_case(case, isa, Path(tmp), np.random.default_rng(0)))
+                    except Exception as e:  # noqa: BLE001  (a doctor reports every failure, it does not stop)
+                        errors.append(f"{case[0]} act_bits={case[1]}: {str(e).splitlines()[0][:200]}")
+                ok &= rep.line(not errors, f"kernels, {isa}",
+                               f"{len(CASES)} ops (MXFP4 and INT4; weight-only, W4A8, W4A4) match the numpy reference, "
+                               f"worst error {worst:.2f} of the tolerance" if not errors else "; ".join(errors),
+                               "rebuild the library (./dev setup); if one ISA alone fails, run with "
+                               f"QPASSES_ISA={isas[0]} and report the line above")
+    finally:
+        if saved is None:
+            os.environ.pop("QPASSES_ISA", None)
+        else:
+            os.environ["QPASSES_ISA"] = saved
+    return ok
+
+
+def run(args) -> int:
+    rep = Report()
+    if check_versions(rep) and check_library(rep):
+        check_kernels(rep)
+    print("all checks passed" if not rep.failed else f"{rep.failed} check(s) failed", file=sys.stderr)
+    return 0 if not rep.failed else 1
