@@ -4,7 +4,7 @@
     ./dev bench --quick      # smoke run: tiny-llama, RTN-only ablation, one speed round, no llama.cpp (minutes)
 
 For every recipe one `qpasses run` process (so time and peak RSS are per recipe) writes its deployed folder
-under bench/results/pipeline/<recipe>/; a folder whose report was made by the same recipe text and windows is
+under bench/results/pipeline/<recipe>/; a folder made by the same passes and settings on the same windows is
 reused (--rerun: run again). The composed recipes (qpasses.recipe.COMPOSED) are measured on 80 x 512 windows
 and again on the first 20 with `qpasses eval`; the ablation recipes (RTN and single methods, each setting) on
 20. Then decode and prefill speed of the composed folders, fp32 and the MatMulNBits RTN file in onnxruntime
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import generate  # noqa: E402  (bench/generate.py: the ORT speed loop)
 
-from qpasses.recipe import COMPOSED, load_recipe  # noqa: E402
+from qpasses.recipe import COMPOSED, load_recipe, parse  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "pipeline"
 FP = ("fp", "fp", [])
@@ -70,14 +70,22 @@ def qpasses(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qpasses.cli.main", *args], text=True, capture_output=True)
 
 
+def runs_the_same(text: str) -> tuple:
+    """What a recipe text runs: its passes with their settings (the `# --set` lines a run appends
+    applied), overrides and ignore list; comments and descriptions do not count."""
+    sets = [line[len("# --set "):] for line in text.splitlines() if line.startswith("# --set ")]
+    r = parse(text, "recipe").with_sets(sets)
+    return r.passes, r.ignore, r.overrides
+
+
 def measure(name: str, recipe: str, sets: list[str], windows: int, args, eval20: bool = False) -> dict:
     """The run's report (reused when the same recipe text and windows made it), plus `ppl20`."""
     out = args.runs / name
-    sha = load_recipe(recipe).with_sets(sets).sha256
-    path = out / "report.json"
-    old = json.loads(path.read_text()) if path.is_file() else None
-    if args.rerun or not old or old.get("recipe_sha256") != sha or old.get("eval_windows") != windows \
-            or old.get("model") != args.model:
+    want = runs_the_same(load_recipe(recipe).with_sets(sets).text)
+    path, manifest = out / "report.json", out / "manifest.json"
+    old = json.loads(path.read_text()) if path.is_file() and manifest.is_file() else None
+    if args.rerun or not old or old.get("eval_windows") != windows or old.get("model") != args.model \
+            or runs_the_same(json.loads(manifest.read_text())["recipe"]["text"]) != want:
         log(f"run {name} ({windows} windows)")
         cmd = ["run", "--model", args.model, "--recipe", recipe, "--out", str(out), "--eval-windows", str(windows),
                "--force", "--no-progress", "--no-layer-error", *[a for s in sets for a in ("--set", s)]]

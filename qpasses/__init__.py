@@ -1,7 +1,7 @@
 """qpasses: a declarative graph-rewriting compiler for 4-bit LLM deployment as plain ONNX files.
 
     import qpasses
-    report = qpasses.compile("smollm2-135m", "int4-w4a16-rtn", "out/int4")   # deploys and measures
+    report = qpasses.compile("smollm2-135m", "int4-w4a16", "out/int4")   # deploys and measures
 
 The pieces are importable on their own: `qpasses.formats` (bit-exact INT4/MXFP4), `qpasses.rules`
 (onnxscript rewrite rules for anybody's ONNX model), `qpasses.passes.registry.PASSES`.

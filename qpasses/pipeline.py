@@ -1,7 +1,7 @@
 """The pipeline: one call from a model and a recipe to a deployed folder and a report.
 
     import qpasses
-    report = qpasses.compile("smollm2-135m", "int4-w4a16-rtn", "out/int4")
+    report = qpasses.compile("smollm2-135m", "int4-w4a16", "out/int4")
 
 Order of work: validate the recipe and the output folder (fail fast), load the model, measure
 the float model, run the passes (stage A in torch, export, stage B in ONNX), measure the stage-A
