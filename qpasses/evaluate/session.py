@@ -116,6 +116,8 @@ def _read_model(path: Path):
     """The ModelProto of `path` without its weights, after checking its external-data files."""
     import onnx
 
+    from qpasses.load.onnx_file import check_external_data
+
     if not path.is_file():
         raise InputError(f"ONNX file {path} does not exist")
     try:
@@ -124,26 +126,8 @@ def _read_model(path: Path):
         raise InputError(f"{path} is not a readable ONNX file: {_first_line(e)}") from e
     if not proto.HasField("graph"):
         raise InputError(f"{path} is not an ONNX model (it holds no graph)")
-    _check_external_data(proto, path)
+    check_external_data(proto, path)
     return proto
-
-
-def _check_external_data(proto, path: Path) -> None:
-    """Every initializer stored outside the file must lie inside an existing data file."""
-    from onnx import TensorProto
-
-    for tensor in proto.graph.initializer:
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        data = path.parent / info.get("location", "")
-        if not info.get("location") or not data.is_file():
-            raise InputError(f"{path}: external-data file {data.name or '(unnamed)'} of tensor "
-                             f"{tensor.name!r} is missing; copy it next to the .onnx file")
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
-        if data.stat().st_size < end:
-            raise InputError(f"{path}: external-data file {data} is truncated ({data.stat().st_size} bytes, "
-                             f"tensor {tensor.name!r} ends at byte {end})")
 
 
 def _metadata_settings(proto, path: Path) -> dict:

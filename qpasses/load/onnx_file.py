@@ -100,6 +100,9 @@ def check_external_data(proto, path: Path) -> set[str]:
             raise InputError(f"{path}: tensor {t.name} keeps its data at {location!r}, outside the model's folder; "
                              f"save the model with its data files beside it (relative locations)")
         data = folder / normal
+        if data.exists() and not data.resolve().is_relative_to(folder.resolve()):
+            raise InputError(f"{path}: external data file {location} (tensor {t.name}) is a link to "
+                             f"{data.resolve()}, outside the model's folder; copy the file into {folder}")
         if not data.is_file():
             raise InputError(f"{path}: external data file {location} (tensor {t.name}) is missing; "
                              f"copy it into {folder}")

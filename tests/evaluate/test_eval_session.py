@@ -137,6 +137,10 @@ def test_missing_and_corrupt_files(tmp_path, deployed):
     (alone / "model.onnx.data").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="truncated"):
         ort_session(alone / "model.onnx")
+    (alone / "model.onnx.data").unlink()
+    (alone / "model.onnx.data").symlink_to(deployed.folder / "model.onnx.data")  # whole, but outside
+    with pytest.raises(InputError, match="outside the model's folder"):
+        ort_session(alone / "model.onnx")
 
 
 def test_onnxruntime_rejection_is_one_line(tmp_path):

@@ -75,6 +75,15 @@ def test_external_data_outside_the_folder(tmp_path, make_onnx, location):
         load_model(str(path))
 
 
+def test_external_data_linked_from_outside_the_folder(tmp_path, make_onnx):
+    path = make_onnx(tmp_path / "m")
+    data = path.parent / "model.onnx.data"
+    data.rename(tmp_path / "elsewhere.data")
+    data.symlink_to(tmp_path / "elsewhere.data")
+    with pytest.raises(InputError, match="is a link to .*elsewhere.data, outside the model's folder"):
+        load_model(str(path))
+
+
 def test_external_data_in_a_subfolder_is_fine(tmp_path, make_onnx):
     path = make_onnx(tmp_path / "m")
     (path.parent / "weights").mkdir()
