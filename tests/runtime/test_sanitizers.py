@@ -1,4 +1,4 @@
-"""The kernel tests again, against a build of the library with AddressSanitizer and UBSan.
+"""The kernel tests and the fuzzer again, against a build of the library with AddressSanitizer and UBSan.
 
 The sanitized library is built once per source version (cached by a hash of runtime/), then the
 op tests run in a child Python with the ASan runtime preloaded and QPASSES_RUNTIME_LIBRARY
@@ -51,7 +51,7 @@ def test_kernel_tests_pass_under_asan_and_ubsan():
                LD_PRELOAD=f"{asan} {libstdcxx}",  # libstdc++ too, or ASan cannot intercept C++ throws
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",  # CPython's own allocations are not leaks
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
-    tests = [str(Path(__file__).with_name(n)) for n in ("test_ops.py", "test_errors.py")]
+    tests = [str(Path(__file__).with_name(n)) for n in ("test_ops.py", "test_errors.py", "test_fuzz.py")]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
