@@ -165,14 +165,17 @@ def tables(composed: dict, ablation: dict, refs: dict, speed: list[dict], llama:
                       + " | ".join(f(by.get((name, t), {}).get("decode_tps"), ".0f") for t in threads) + " |")
     md += ["", "## Ablation (20 windows): the composed recipe against its stages and the peers", "",
            f"| setting | recipe | {COLS} | vs composed (20w) |", "|" + "---|" * 11]
-    for setting, rows in ablation.items():
+    if not ablation:
+        md += ["| | ablation not run (--no-ablation): the peers only |" + " |" * 9]
+    for setting in composed:
         c20 = composed[setting].get("ppl20")
-        for r in rows:
+        for r in [composed[setting], *ablation.get(setting, [])]:
             if "error" in r:
                 md.append(f"| {setting} | {r['name']} | error: {r['error']} |")
                 continue
             delta = f"{r['ppl20'] - c20:+.2f}" if c20 and r.get("ppl20") else "-"
-            md.append(f"| {setting} | {r['name']} | " + " | ".join(row_cells(r)) + f" | {delta} |")
+            name = f"**{r['name']}**" if r is composed[setting] else r["name"]
+            md.append(f"| {setting} | {name} | " + " | ".join(row_cells(r)) + f" | {delta} |")
         for peer, ppl in PEERS.get(setting, []):
             delta = f"{ppl - c20:+.2f}" if c20 else "-"
             md.append(f"| {setting} | peer: {peer} | | | {ppl:.2f} | | | | | | {delta} |")
