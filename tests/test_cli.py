@@ -155,6 +155,39 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(args, message, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("where, message", [("afile", "is a file"), ("afile/sub", "a file is in the way"),
+                                            ("/proc/qpasses-out", "cannot write the output folder")])
+def test_unwritable_output_is_one_line_before_any_work(where, message, tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep me")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    assert main(["run", "--model", "tiny-llama", "--recipe", "int4-w4a16-rtn", "--no-eval", "--no-progress",
+                 "--out", out]) == 2
+    assert message in error_line(capsys)
+    assert (tmp_path / "afile").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_kill_while_writing_leaves_nothing_under_the_final_name(tmp_path):
+    """SIGKILL once the staging folder exists: the final name never holds a partial folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "qpasses.cli.main", "run", "--model", "tiny-llama", "--recipe",
+                             "int4-w4a16-rtn", "--no-eval", "--no-progress", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".out.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    staging = list(tmp_path.glob(".out.*.tmp"))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert staging, "the run ended before its staging folder was seen"
+    assert not out.exists()
+
+
 def test_graph_with_no_matching_site_is_an_error(int4_run, tmp_path, capsys):
     """An already-lowered model has no float linears left (lm_head is ignored): zero rewrites is an error."""
     out = tmp_path / "again"

@@ -98,9 +98,10 @@ def staged(out_dir: Path, force: bool = False):
     vanishes when it fails: readers never see a half-written deployment."""
     out_dir = Path(out_dir)
     check_destination(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
+    with _cannot_write(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
     try:
         yield tmp
         _move_into_place(tmp, out_dir, force)
@@ -135,10 +136,33 @@ def _occupied(path: Path) -> bool:
 
 
 def check_destination(out_dir: Path, force: bool) -> None:
-    """Refuse a non-empty destination unless force (callers check early, before the long work)."""
+    """Refuse a non-empty destination unless force, and one that cannot be written (callers check
+    early, before the long work; nothing is created: a probe folder in the nearest existing
+    ancestor is made and removed)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output folder {out_dir} is a file; choose another --out")
     if _occupied(out_dir) and not force:
         raise InputError(f"output folder {out_dir} already exists and is not empty; "
                          "pass --force to replace it")
+    base = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
+    with _cannot_write(out_dir):
+        if not base.is_dir():
+            raise NotADirectoryError(20, "a file is in the way", str(base))
+        probe = base / f".qpasses-probe.{uuid.uuid4().hex[:8]}"
+        probe.mkdir()
+        probe.rmdir()
+
+
+@contextmanager
+def _cannot_write(out_dir: Path):
+    """OSError -> InputError naming the output folder and the cause."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise InputError(f"cannot write the output folder {out_dir}: {e.strerror or e}{where}; "
+                         "choose another --out") from None
 
 
 def _write_data(models, path: Path) -> dict[str, tuple[int, int]]:
