@@ -10,6 +10,7 @@ model in torch, save the deployment atomically, measure the deployed file in onn
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -88,7 +89,13 @@ def run(opts: Options, log=print) -> dict:
     else:
         ppl["fp"] = evaluator.ort(loaded.onnx_path, "fp (ONNX input)")
     t_quant = time.perf_counter()
-    graph = stage_a(loaded.model) if loaded.kind == "torch" else stage_b_from_file(loaded.onnx_path)
+    if loaded.kind == "torch":
+        graph = stage_a(loaded.model)
+        # The programs now hold the weights, and replace them one by one: a model kept here would
+        # be a second full copy of the weights by the end of stage A.
+        loaded = dataclasses.replace(loaded, model=None, parameters=rep.weight_count(loaded))
+    else:
+        graph = stage_b_from_file(loaded.onnx_path)
     t_eval = {"seconds": 0.0}
 
     def on_stage_change(fx_graph):

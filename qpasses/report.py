@@ -54,6 +54,8 @@ def _typed_bytes(t) -> int:
 
 
 def weight_count(loaded) -> int:
+    if loaded.parameters is not None:
+        return loaded.parameters
     if loaded.model is not None:
         return sum(p.numel() for p in loaded.model.parameters())  # tied parameters are counted once
     import onnx_ir as ir

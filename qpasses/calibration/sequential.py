@@ -12,6 +12,8 @@ number of groups (the last segment runs once; nodes after the last group never r
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -44,6 +46,18 @@ def live_after(runner: GraphRunner, end: int) -> list[torch.fx.Node]:
     return [n for n in runner.order[: end + 1] if n.op != "placeholder" and runner.last_use[n] > end]
 
 
+def release_free_memory() -> None:
+    """Give the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    Each group frees a solve's worth of mid-sized float64 buffers; glibc keeps them in its heap
+    and the next group's differently sized ones fragment it, so without this the resident size
+    grows layer after layer although nothing is still referenced."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, torch.fx.Node]], windows: torch.Tensor,
                      spec: StatsSpec, process: Callable[[int, dict[str, SiteStats]], None],
                      batch_size: int = 4, progress: bool = True) -> None:
@@ -71,22 +85,26 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
     if not spans:
         return
     boundary: list[Env] = [{} for _ in chunks]
-    bar = tqdm(total=(2 * len(spans) - 1) * len(chunks), desc="layer-sequential", disable=not progress)
+    # One step per group, so the ETA counts the solves (most of the time at scale), not only forwards.
+    bar = tqdm(total=len(spans), desc="layer-sequential", unit="group", disable=not progress)
     for i, (start, end) in enumerate(spans):
+        site = next(iter(groups[i]))
+        bar.set_postfix_str(f"{site}: measuring")
         stats = {name: SiteStats(spec) for name in groups[i]}
         hook = stats_hook(stats, by_node[i])
         with torch.no_grad():
             for ids, live in zip(chunks, boundary):
                 runner.run_range(start, end, {**runner.inputs(ids), **live}, hook)
-                bar.update()
+        bar.set_postfix_str(f"{site}: solving")
         process(i, stats)  # outside no_grad: it may train (learned scales)
-        if i + 1 == len(spans):
-            break
-        keep = live_after(runner, end)
-        with torch.no_grad():
-            for b, ids in enumerate(chunks):
-                env = {**runner.inputs(ids), **boundary[b]}
-                runner.run_range(start, end, env)
-                boundary[b] = {n: env[n] for n in keep}
-                bar.update()
+        if i + 1 < len(spans):
+            bar.set_postfix_str(f"{site}: propagating")
+            keep = live_after(runner, end)
+            with torch.no_grad():
+                for b, ids in enumerate(chunks):
+                    env = {**runner.inputs(ids), **boundary[b]}
+                    runner.run_range(start, end, env)
+                    boundary[b] = {n: env[n] for n in keep}
+        release_free_memory()
+        bar.update()
     bar.close()

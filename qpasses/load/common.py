@@ -32,6 +32,7 @@ class LoadedModel:
     onnx_path: Path | None  # for kind == "onnx"
     tokenizer: PreTrainedTokenizerBase
     source: dict = field(default_factory=dict)  # provenance: paths, sha256s ("sha256" = content digest), versions
+    parameters: int | None = None  # set when `model` is dropped after capture (the report still counts them)
 
 
 def offline() -> None:

@@ -43,18 +43,30 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, ro
     the diagonal. Columns whose input is always zero (H_jj = 0) are zeroed. Errors are propagated
     lazily in blocks: a group, or `lazy` columns when the whole row is one group.
     """
-    w, h = w.to(F64).clone(), h.to(F64).clone()
+    w, h = w.to(F64).clone(), h.to(F64)
     n, k = w.shape
     group = min(group, k)
     dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    groups = group_order(h.diagonal(), group, act_order)
-    h_raw = h.clone()
-    h.diagonal().add_(damp * h.diagonal().mean())
+    diag = torch.where(dead, 1.0, h.diagonal())
+    groups = group_order(diag, group, act_order)
     perm = torch.cat(groups)
+    # Memory: with K = 8192 one [K, K] float64 matrix is 512 MiB, so H is permuted in one gather
+    # and at most two such matrices besides the caller's H are alive at a time.
+    hp = h[perm[:, None], perm[None, :]]
+    hp[dead[perm], dead[perm]] = 1.0
+    raw, start = [], 0  # the undamped diagonal blocks, for scales_for (groups are contiguous in perm)
+    for g in groups:
+        raw.append(hp[start:start + len(g), start:start + len(g)].clone())
+        start += len(g)
+    hp.diagonal().add_(damp * diag.mean())
     try:
-        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h[perm][:, perm])), upper=True)
+        lower = torch.linalg.cholesky(hp)
+        del hp
+        inverse = torch.cholesky_inverse(lower)
+        del lower
+        u = torch.linalg.cholesky(inverse, upper=True)
+        del inverse
     except torch.linalg.LinAlgError:
         raise ValueError(f"H + {damp} · mean(diag H) is not positive definite; raise damp") from None
     wp = w[:, perm]
@@ -67,7 +79,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, ro
         start += len(g)
     for gi, a, b, first in blocks:
         if first:  # the group's columns are error-corrected up to here: choose its scales
-            scales[:, gi] = scales_for(wp[:, a:a + len(groups[gi])], h_raw[groups[gi]][:, groups[gi]])
+            scales[:, gi] = scales_for(wp[:, a:a + len(groups[gi])], raw[gi])
         s = scales[:, gi]
         err = torch.zeros(n, b - a, dtype=F64)
         for j in range(a, b):

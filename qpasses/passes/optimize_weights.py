@@ -146,14 +146,17 @@ class Solver:
         PiSO and GPTQ stays that of a decoder linear even for a 49152-row lm_head."""
         k = w.shape[1]
         group = block_length(self.fmt, k)
-        parts = [self._rows(torch.from_numpy(w[a:a + ROW_CHUNK]).to(F64), h, group)
-                 for a in range(0, w.shape[0], ROW_CHUNK)]
-        target, scales = (torch.cat(t) for t in zip(*parts))
+        target, parts = np.empty(w.shape, np.float32), []  # chunks land in float32 at once: no float64 copy of W
+        for a in range(0, w.shape[0], ROW_CHUNK):
+            rows, s = self._rows(torch.from_numpy(w[a:a + ROW_CHUNK]).to(F64), h, group)
+            target[a:a + ROW_CHUNK] = rows.float().numpy()
+            parts.append(s)
+        scales = torch.cat(parts)
         if self.fmt.kind == "mxfp4":
             stored = e8m0_encode(torch.log2(scales).round().long().numpy())
         else:
             stored = scales.float().numpy()
-        return quantize_weight(target.float().numpy(), self.fmt, stored)
+        return quantize_weight(target, self.fmt, stored)
 
     def _rows(self, target: torch.Tensor, h: torch.Tensor | None, group: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [n, K] -> (Ŵ or W, the block scales [n, blocks])."""
@@ -186,11 +189,14 @@ class Solver:
 
 
 def relative_error(w: np.ndarray, wq: np.ndarray, h: torch.Tensor | None) -> float:
-    """‖X(W − Ŵ)ᵀ‖² / ‖X Wᵀ‖² = tr(D H Dᵀ) / tr(W H Wᵀ) (H = I when None)."""
-    wt, d = torch.from_numpy(w).to(F64), torch.from_numpy(w - wq).to(F64)
-    if h is None:
-        return float(d.square().sum() / wt.square().sum().clamp_min(1e-300))
-    return float(((d @ h) * d).sum() / ((wt @ h) * wt).sum().clamp_min(1e-300))
+    """‖X(W − Ŵ)ᵀ‖² / ‖X Wᵀ‖² = tr(D H Dᵀ) / tr(W H Wᵀ) (H = I when None); ROW_CHUNK rows at a time."""
+    num = den = 0.0
+    for a in range(0, w.shape[0], ROW_CHUNK):
+        wt = torch.from_numpy(w[a:a + ROW_CHUNK]).to(F64)
+        d = wt - torch.from_numpy(wq[a:a + ROW_CHUNK]).to(F64)
+        num += float(d.square().sum() if h is None else ((d @ h) * d).sum())
+        den += float(wt.square().sum() if h is None else ((wt @ h) * wt).sum())
+    return num / max(den, 1e-300)
 
 
 class OptimizeWeights(Pass):

@@ -100,3 +100,24 @@ def test_an_encoder_gets_a_logits_like_program_and_no_decoder():
     mask[1, 4:] = 0
     with torch.no_grad():
         assert torch.equal(programs.logits.module()(ids, mask), model(input_ids=ids, attention_mask=mask)[0])
+
+
+def test_programs_do_not_keep_the_model_alive():
+    # The pipeline drops the model after capture, so that stage A's replaced weights are freed
+    # rather than kept as a second copy; this holds only if the programs do not refer to it.
+    import gc
+    import weakref
+
+    from qpasses.models.tiny import build_tiny_llama
+
+    model = build_tiny_llama("tiny-llama", seed=3)
+    programs, ref = capture(model), weakref.ref(model)
+    old = programs.parameter("model.layers.0.mlp.down_proj.weight")
+    del model
+    gc.collect()
+    assert ref() is None
+    programs.set_parameter("model.layers.0.mlp.down_proj.weight", old + 1)
+    old_ref = weakref.ref(old)
+    del old
+    gc.collect()
+    assert old_ref() is None  # the replaced tensor is freed
