@@ -1,0 +1,160 @@
+"""Time and peak memory of the default recipe on SmolLM2-135M and on a 1B-parameter Llama.
+
+Both models go through the same `qpasses run` command in a child process each (same recipe,
+calibration windows and threads; no evaluation, since the 1B model's weights are random). The
+parent samples the child's resident memory twice a second, so the table's peak (the child's own
+ru_maxrss, from report.json) comes with a plot of memory over time, with the passes marked.
+
+    .venv/bin/python bench/scale.py              # both models, 16 layers for the 1B one (about an hour)
+    .venv/bin/python bench/scale.py --layers 2   # the 1B shape cut to 2 layers: a check in minutes
+    .venv/bin/python bench/scale.py --reuse      # keep the runs (bench/results/scale/*.json) of the same command
+
+The 1B folder (models/llama_1b.py, seeded bf16 safetensors shards) is built once under the
+qpasses cache. Writes docs/scale.md, docs/scale_rss.png and bench/results/scale/scale.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RUNS = ROOT / "bench" / "results" / "scale"
+GiB = 2**30
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            line = next(ln for ln in f if ln.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def run(name: str, model: str, args) -> dict:
+    """One `qpasses run` in a child; its report plus the sampled memory curve and pass marks."""
+    out = RUNS / name
+    cmd = [sys.executable, "-m", "qpasses.cli.main", "run", "--model", model, "--recipe", args.recipe, "--out",
+           str(out), "--no-eval", "--no-layer-error", "--force", "--calib-windows", str(args.calib_windows),
+           "--threads", str(args.threads)]
+    saved = RUNS / f"{name}.json"
+    if args.reuse and saved.is_file() and json.loads(saved.read_text())["command"] == cmd[1:]:
+        print(f"[scale] {name}: reusing {saved}", file=sys.stderr, flush=True)
+        return json.loads(saved.read_text())
+    print(f"[scale] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # stderr (progress bars) passes through
+    curve, marks, done = [], [], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            rss = rss_bytes(child.pid)
+            if rss is not None:
+                curve.append((round(time.perf_counter() - t0, 2), rss))
+            done.wait(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for line in child.stdout:
+        sys.stdout.write(line)
+        if line.startswith("  ") and ":" in line:  # the pass manager's per-pass lines
+            marks.append((round(time.perf_counter() - t0, 2), line.strip().split(":")[0]))
+    code = child.wait()
+    done.set()
+    sampler.join()
+    if code:
+        raise SystemExit(f"[scale] {name} failed with exit code {code}; its messages are above")
+    report = json.loads((out / "report.json").read_text())
+    row = {"name": name, "command": cmd[1:], "wall_seconds": round(time.perf_counter() - t0, 1), "curve": curve,
+           "marks": marks, **{k: report[k] for k in ("weight_count", "quantize_seconds", "total_seconds",
+                                                     "peak_rss_bytes", "onnx_bytes", "fp32_onnx_bytes")}}
+    saved.write_text(json.dumps(row) + "\n")
+    return row
+
+
+def ensure_1b(layers: int) -> Path:
+    from models import llama_1b
+    from qpasses.cache import cache_dir, locked
+
+    folder = cache_dir() / "models" / f"llama-1b-random-seed0-{layers}layers"
+    with locked(folder.with_name(f".{folder.name}.lock")):
+        if not folder.is_dir():
+            llama_1b.build(folder, layers)
+    return folder
+
+
+def table(rows: list[dict]) -> list[str]:
+    base = rows[0]
+    md = ["| model | parameters | quantize time (s) | time / parameter vs 135M | peak RSS (GiB) | peak / fp32 weights "
+          "| deployed size (MB) | size / fp32 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        per = (r["quantize_seconds"] / r["weight_count"]) / (base["quantize_seconds"] / base["weight_count"])
+        md.append(f"| {r['name']} | {r['weight_count'] / 1e6:.0f}M | {r['quantize_seconds']:.0f} | {per:.2f}x "
+                  f"| {r['peak_rss_bytes'] / GiB:.2f} | {r['peak_rss_bytes'] / r['fp32_onnx_bytes']:.2f}x "
+                  f"| {r['onnx_bytes'] / 1e6:.1f} | {r['onnx_bytes'] / r['fp32_onnx_bytes']:.3f}x |")
+    return md
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 3.2 * len(rows)), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows):
+        t, rss = zip(*r["curve"]) if r["curve"] else ((), ())
+        ax.plot([x / 60 for x in t], [b / GiB for b in rss], color="C0")
+        ax.axhline(r["fp32_onnx_bytes"] / GiB, color="C7", ls=":", lw=1)
+        ax.annotate("fp32 weights", (0, r["fp32_onnx_bytes"] / GiB), fontsize=7, color="C7", va="bottom")
+        for at, name in r["marks"]:
+            ax.axvline(at / 60, color="C3", lw=0.6, alpha=0.5)
+            ax.annotate(name, (at / 60, ax.get_ylim()[1]), fontsize=6, rotation=90, va="top", ha="right", color="C3")
+        ax.set(title=f"{r['name']} ({r['weight_count'] / 1e6:.0f}M parameters): resident memory of the run",
+               xlabel="minutes", ylabel="RSS (GiB)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=16, help="decoder layers of the 1B-shaped model (default 16)")
+    ap.add_argument("--recipe", default="int4-w4a16", help="recipe of both runs (default int4-w4a16, the default)")
+    ap.add_argument("--calib-windows", type=int, default=16, help="calibration windows of 512 tokens (default 16)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of each run (default 2)")
+    ap.add_argument("--reuse", action="store_true", help="reuse a model's earlier run made with the same command")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where scale.md and scale_rss.png go (docs/)")
+    args = ap.parse_args(argv)
+    start = datetime.datetime.now().isoformat(timespec="seconds")
+    big = ensure_1b(args.layers)
+    rows = [run("smollm2-135m", "smollm2-135m", args), run(f"llama-1b-{args.layers}layers", str(big), args)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(rows, args.out / "scale_rss.png")
+    RUNS.mkdir(parents=True, exist_ok=True)
+    (RUNS / "scale.json").write_text(json.dumps({"start": start, "argv": argv, "rows": rows}, indent=1) + "\n")
+    md = ["# Time and memory against model size", "",
+          f"* command: `.venv/bin/python bench/scale.py {' '.join(argv)}`; {start}; {os.cpu_count()} cores, "
+          f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+          f"* each run: `qpasses run --recipe {args.recipe} --calib-windows {args.calib_windows} --threads "
+          f"{args.threads} --no-eval --no-layer-error`; quantize time is calibration, passes, lowering and export; "
+          "peak RSS is the whole process's (loading included)", "", *table(rows), "", "![memory over time](scale_rss.png)",
+          ""]
+    (args.out / "scale.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
