@@ -19,64 +19,26 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.child_run import run_qpasses  # noqa: E402
+
 RUNS = ROOT / "bench" / "results" / "scale"
 GiB = 2**30
 
 
-def rss_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            line = next(ln for ln in f if ln.startswith("VmRSS:"))
-        return int(line.split()[1]) * 1024
-    except (OSError, StopIteration):
-        return None
-
-
 def run(name: str, model: str, args) -> dict:
-    """One `qpasses run` in a child; its report plus the sampled memory curve and pass marks."""
-    out = RUNS / name
-    cmd = [sys.executable, "-m", "qpasses.cli.main", "run", "--model", model, "--recipe", args.recipe, "--out",
-           str(out), "--no-eval", "--no-layer-error", "--force", "--calib-windows", str(args.calib_windows),
-           "--threads", str(args.threads)]
+    """One `qpasses run` in a child; its report's figures plus the sampled memory curve and pass marks."""
+    cmd = ["--model", model, "--recipe", args.recipe, "--no-eval", "--no-layer-error", "--calib-windows",
+           str(args.calib_windows), "--threads", str(args.threads)]
     saved = RUNS / f"{name}.json"
-    if args.reuse and saved.is_file() and json.loads(saved.read_text())["command"] == cmd[1:]:
+    if args.reuse and saved.is_file() and json.loads(saved.read_text()).get("args") == cmd:
         print(f"[scale] {name}: reusing {saved}", file=sys.stderr, flush=True)
         return json.loads(saved.read_text())
-    print(f"[scale] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # stderr (progress bars) passes through
-    curve, marks, done = [], [], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            rss = rss_bytes(child.pid)
-            if rss is not None:
-                curve.append((round(time.perf_counter() - t0, 2), rss))
-            done.wait(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    for line in child.stdout:
-        sys.stdout.write(line)
-        if line.startswith("  ") and ":" in line:  # the pass manager's per-pass lines
-            marks.append((round(time.perf_counter() - t0, 2), line.strip().split(":")[0]))
-    code = child.wait()
-    done.set()
-    sampler.join()
-    if code:
-        raise SystemExit(f"[scale] {name} failed with exit code {code}; its messages are above")
-    report = json.loads((out / "report.json").read_text())
-    row = {"name": name, "command": cmd[1:], "wall_seconds": round(time.perf_counter() - t0, 1), "curve": curve,
-           "marks": marks, **{k: report[k] for k in ("weight_count", "quantize_seconds", "total_seconds",
-                                                     "peak_rss_bytes", "onnx_bytes", "fp32_onnx_bytes")}}
+    row = {"name": name, **run_qpasses(RUNS / name, cmd, "[scale]")}
     saved.write_text(json.dumps(row) + "\n")
     return row
 

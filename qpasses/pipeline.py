@@ -57,10 +57,18 @@ def compile(model: str = "smollm2-135m", recipe: str = DEFAULT_RECIPE, out: str 
 
 
 def run(opts: Options, log=print) -> dict:
+    from qpasses.profiling import Profile
+
+    with Profile() as prof:
+        return _run(opts, log, prof)
+
+
+def _run(opts: Options, log, prof) -> dict:
     import torch
 
     from qpasses import report as rep
     from qpasses.evaluate import measure
+    from qpasses.profiling import stage
 
     t_start = time.perf_counter()
     recipe = load_recipe(opts.recipe).with_sets(opts.sets)
@@ -73,7 +81,8 @@ def run(opts: Options, log=print) -> dict:
 
     from qpasses.load import load_model
 
-    loaded = load_model(opts.model, opts.tokenizer)
+    with stage("load"):
+        loaded = load_model(opts.model, opts.tokenizer)
     log(f"model {loaded.name} ({loaded.kind}); recipe {recipe.name}: {recipe.description}")
     if not opts.no_eval and loaded.kind == "torch" and not loaded.model.can_generate():
         raise InputError(f"{loaded.name} is not a causal language model ({type(loaded.model).__name__}), so it has "
@@ -84,13 +93,15 @@ def run(opts: Options, log=print) -> dict:
                   calibration=CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed,
                                                 progress=opts.progress))
     ppl = {"fp": None, "stage_a": None, "quant": None}
-    if loaded.kind == "torch":
-        ppl["fp"] = evaluator.torch_fp(loaded)
-    else:
-        ppl["fp"] = evaluator.ort(loaded.onnx_path, "fp (ONNX input)")
+    with stage("evaluate"):
+        if loaded.kind == "torch":
+            ppl["fp"] = evaluator.torch_fp(loaded)
+        else:
+            ppl["fp"] = evaluator.ort(loaded.onnx_path, "fp (ONNX input)")
     t_quant = time.perf_counter()
     if loaded.kind == "torch":
-        graph = stage_a(loaded.model)
+        with stage("capture"):
+            graph = stage_a(loaded.model)
         # The programs now hold the weights, and replace them one by one: a model kept here would
         # be a second full copy of the weights by the end of stage A.
         loaded = dataclasses.replace(loaded, model=None, parameters=rep.weight_count(loaded))
@@ -102,7 +113,8 @@ def run(opts: Options, log=print) -> dict:
         if not opts.stage_a_eval:
             return
         t = time.perf_counter()
-        ppl["stage_a"] = evaluator.torch_program(fx_graph.programs.logits, "stage A")
+        with stage("evaluate"):
+            ppl["stage_a"] = evaluator.torch_program(fx_graph.programs.logits, "stage A")
         t_eval["seconds"] += time.perf_counter() - t
 
     probe = None
@@ -110,19 +122,27 @@ def run(opts: Options, log=print) -> dict:
         from qpasses.evaluate.layer_error import LayerErrorProbe
 
         probe = LayerErrorProbe(passes, log=log)
-        probe.start(graph, ctx)
+        with stage("layer_error"):
+            probe.start(graph, ctx)
+
+    def after_pass(g, result):
+        with stage("layer_error"):
+            probe.after(g, ctx, result)
     manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log,
-                          after_pass=(lambda g, r: probe.after(g, ctx, r)) if probe else None)
+                          after_pass=after_pass if probe else None)
     final, results = manager.run(graph, ctx)
     metadata = provenance(recipe, results, loaded, ctx)
     with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
-        save(final, folder, loaded, recipe, metadata)
+        with stage("write"):
+            save(final, folder, loaded, recipe, metadata)
         probe_seconds = probe.seconds if probe else 0.0
         quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"] - probe_seconds
         rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata, ctx.notes))
-        ppl["quant"] = evaluator.ort(folder / "model.onnx", "deployed (onnxruntime)")
+        with stage("evaluate"):
+            ppl["quant"] = evaluator.ort(folder / "model.onnx", "deployed (onnxruntime)")
         report = rep.build(opts, folder, recipe, loaded, results, ppl, evaluator, quantize_seconds,
-                           time.perf_counter() - t_start, layer_error=probe.table if probe else {})
+                           time.perf_counter() - t_start, layer_error=probe.table if probe else {},
+                           profile=prof.table())
         rep.write(report, folder)
     log(rep.render_markdown(report))
     return report

@@ -66,7 +66,7 @@ def weight_count(loaded) -> int:
 
 
 def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_seconds, total_seconds,
-          layer_error: dict | None = None) -> dict:
+          layer_error: dict | None = None, profile: dict | None = None) -> dict:
     """The report of a run whose deployed files are in `out`; `layer_error` is the table of
     evaluate.layer_error ({site: {pass: E}}, empty when the probe was off)."""
     count = weight_count(loaded)
@@ -95,6 +95,7 @@ def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_sec
         "files": sorted(f.name for f in out.iterdir()),
         "versions": versions(),
         "layer_error": layer_error or {},
+        "profile": profile or {},
     }
 
 
@@ -132,6 +133,8 @@ def render_markdown(r: dict) -> str:
     for p in r["passes"]:
         rw = ", ".join(f"{k} {v}" for k, v in p["rewrites"].items()) or "-"
         lines.append(f"| {p['name']} | {rw} | {p['seconds']:.2f} |")
+    if r.get("profile"):
+        lines += ["", "## Where the time went", "", *profile_table(r["profile"], r["total_seconds"])]
     if r.get("layer_error"):
         from qpasses.evaluate.layer_error import summary
 
@@ -139,6 +142,17 @@ def render_markdown(r: dict) -> str:
                   summary(r["layer_error"])]
     lines += ["", "versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def profile_table(profile: dict, total_seconds: float) -> list[str]:
+    """Markdown rows of a run's profile (qpasses.profiling): each stage's exclusive wall and CPU
+    seconds, the cores it kept busy and its peak resident memory, slowest first."""
+    rows = ["| stage | seconds | share | CPU seconds | cores busy | peak RSS GiB |", "|---|---:|---:|---:|---:|---:|"]
+    for name, p in sorted(profile.items(), key=lambda kv: -kv[1]["seconds"]):
+        busy = p["cpu_seconds"] / p["seconds"] if p["seconds"] > 0 else 0.0
+        rows.append(f"| {name} | {p['seconds']:.1f} | {p['seconds'] / max(total_seconds, 1e-9):.0%} | "
+                    f"{p['cpu_seconds']:.1f} | {busy:.2f} | {p['peak_rss_bytes'] / 2**30:.2f} |")
+    return rows
 
 
 # Plain writes: these files go into the staged deployment folder (export.deploy.staged), which

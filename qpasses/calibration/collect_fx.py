@@ -17,6 +17,7 @@ from torch.export.graph_signature import InputKind
 from tqdm import tqdm
 
 from qpasses.calibration.stats import SiteStats, StatsSpec
+from qpasses.profiling import stage
 
 Env = dict[torch.fx.Node, object]
 
@@ -128,8 +129,11 @@ def stats_hook(stats: dict[str, SiteStats], by_node: Mapping[torch.fx.Node, Iter
     """An `on_node` callback feeding each site's input to its SiteStats."""
 
     def on_node(node: torch.fx.Node, env: Env) -> None:
-        for name in by_node.get(node, ()):
-            stats[name].update(env[node.args[0]])
+        names = by_node.get(node, ())
+        if names:
+            with stage("statistics"):
+                for name in names:
+                    stats[name].update(env[node.args[0]])
 
     return on_node
 

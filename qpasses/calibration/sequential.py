@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from qpasses.calibration.collect_fx import Env, GraphRunner, batches, check_sites, check_windows, stats_hook
 from qpasses.calibration.stats import SiteStats, StatsSpec
+from qpasses.profiling import stage
 
 
 def segments(runner: GraphRunner, groups: Sequence[Mapping[str, torch.fx.Node]]) -> list[tuple[int, int]]:
@@ -92,7 +93,7 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
         bar.set_postfix_str(f"{site}: measuring")
         stats = {name: SiteStats(spec) for name in groups[i]}
         hook = stats_hook(stats, by_node[i])
-        with torch.no_grad():
+        with torch.no_grad(), stage("forward"):
             for ids, live in zip(chunks, boundary):
                 runner.run_range(start, end, {**runner.inputs(ids), **live}, hook)
         bar.set_postfix_str(f"{site}: solving")
@@ -100,7 +101,7 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
         if i + 1 < len(spans):
             bar.set_postfix_str(f"{site}: propagating")
             keep = live_after(runner, end)
-            with torch.no_grad():
+            with torch.no_grad(), stage("forward"):
                 for b, ids in enumerate(chunks):
                     env = {**runner.inputs(ids), **boundary[b]}
                     runner.run_range(start, end, env)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from qpasses.errors import NoMatchError, PreconditionError, QPassError
 from qpasses.passes.base import Context, Pass, PassResult
+from qpasses.profiling import stage
 
 
 class PassManager:
@@ -52,7 +53,8 @@ class PassManager:
         if self.on_stage_change:
             self.on_stage_change(graph)
         t = time.perf_counter()
-        onnx_graph = self.to_onnx(graph)
+        with stage("export_onnx"):
+            onnx_graph = self.to_onnx(graph)
         results.append(PassResult("export_onnx", {"export.graphs": onnx_graph.graph_count}, time.perf_counter() - t))
         self.log(f"  export_onnx: {onnx_graph.graph_count} graph(s) in {results[-1].seconds:.1f} s")
         return onnx_graph
@@ -63,10 +65,11 @@ class PassManager:
         recipe_ignore = ctx.ignore
         ctx.ignore = recipe_ignore + p.ignore  # the pass's own ignore list, for this pass only
         try:
-            p.requires(graph, ctx)
-            counts = p.run(graph, ctx)
-            p.ensures(graph, ctx)
-            graph.verify()
+            with stage(p.name):
+                p.requires(graph, ctx)
+                counts = p.run(graph, ctx)
+                p.ensures(graph, ctx)
+                graph.verify()
         except QPassError as e:
             ran = ", ".join(r.name for r in done) or "none"
             raise type(e)(f"{e} (in pass {p.name!r}; passes already run: {ran})") from None

@@ -50,6 +50,7 @@ from qpasses.ir.sites import check_finite, select
 from qpasses.numerics import gptq, piso, srr
 from qpasses.passes.base import Pass
 from qpasses.passes.quantize_weights import on_grid
+from qpasses.profiling import stage
 
 F64 = torch.float64
 ROW_CHUNK = 8192  # rows per PiSO / GPTQ solve (Solver.solve)
@@ -126,6 +127,10 @@ class Solver:
 
     def scales_for(self, w: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         """Rows w [N, g] of one block, its H block -> the block's scale per row [N]."""
+        with stage(f"{self.st.scales} scales"):
+            return self._scales_for(w, h)
+
+    def _scales_for(self, w: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         amax = w.abs().amax(1)
         if self.fmt.kind == "mxfp4":
             e0 = torch.from_numpy(block_exponent(amax.float().numpy()).astype(np.int64))
@@ -161,7 +166,8 @@ class Solver:
     def _rows(self, target: torch.Tensor, h: torch.Tensor | None, group: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows [n, K] -> (Ŵ or W, the block scales [n, blocks])."""
         if self.st.gptq:  # Ŵ comes out on the grid of its scales; the format re-derives the codes
-            return gptq.gptq(target, h, group, self.scales_for, self.round_to, self.st.damp, self.st.act_order)
+            with stage("gptq"):
+                return gptq.gptq(target, h, group, self.scales_for, self.round_to, self.st.damp, self.st.act_order)
         k = target.shape[1]
         cols = [slice(a, min(a + group, k)) for a in range(0, k, group)]
         return target, torch.stack([self.scales_for(target[:, c], None if h is None else h[c, c]) for c in cols], 1)
