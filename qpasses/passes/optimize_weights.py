@@ -239,11 +239,12 @@ class OptimizeWeights(Pass):
 
     def _solve(self, sites: list, h: torch.Tensor | None, ctx, whiten=None) -> list[tuple]:
         """(site, QuantizedWeight, its dequantized W, (L, R) or None) for each of `sites`, which read
-        one input; their errors vs RTN into the notes. Sites with equal settings and a low-rank branch
-        are solved as one weight [W₁; W₂; …] (rows are independent for every quantizer here, H is
-        shared), so they share one L and the kernel computes x·L once: x L [R₁ | R₂ | …]."""
+        one input; their errors vs RTN into the notes. Sites with equal settings are solved as one
+        weight [W₁; W₂; …] (rows are independent for every quantizer here, H is shared): GPTQ factors
+        H once, and with a low-rank branch they share one L, so the kernel computes x·L once:
+        x L [R₁ | R₂ | …]."""
         sts = [self.site_settings(s, ctx) for s in sites]
-        if len(sites) > 1 and (not sts[0].rank or any(st != sts[0] for st in sts)):
+        if len(sites) > 1 and any(st != sts[0] for st in sts):
             return [solved for site in sites for solved in self._solve([site], h, ctx, whiten)]
         st, ws = sts[0], [s.weight() for s in sites]
         lowrank, note = None, {}
@@ -252,7 +253,7 @@ class OptimizeWeights(Pass):
                 q, lowrank, k = Solver(st).solve_lowrank(np.concatenate(ws), h, whiten)
                 note = {"rank": lowrank[0].shape[1], "preserved": k, "shares_L_with": [s.name for s in sites]}
             else:
-                q = Solver(st).solve(ws[0], h)
+                q = Solver(st).solve(ws[0] if len(ws) == 1 else np.concatenate(ws), h)
         except ValueError as e:
             raise PreconditionError(f"{', '.join(s.name for s in sites)}: {e}") from None
         out, row = [], 0
