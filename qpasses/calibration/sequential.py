@@ -4,10 +4,12 @@ The graph is cut, in topological order, into one segment per group: segment i ru
 after the last node of group i-1 (the start of the graph for i = 0) up to and including the
 last node of group i, so nodes between two groups (norms, residual adds) belong to the next
 group's segment. Per group, every batch runs segment i from the values live at the boundary
-before it (collecting group i's statistics), then `process(i, stats)` edits parameters, then
-every batch re-runs segment i with the edited parameters to produce the boundary values for
-group i+1. Total work: at most two executions of every node up to the last group, whatever the
-number of groups (the last segment runs once; nodes after the last group never run).
+before it up to its last node, exclusive (collecting group i's statistics: the last node's input
+is there), then `process(i, stats)` edits parameters, then every batch runs the last node with
+the edited parameters to produce the boundary values for group i+1. Only when `process` edited a
+parameter that an earlier node of the segment reads does the whole segment run again. Total
+work: about one execution of every node up to the last group, whatever the number of groups
+(nodes after the last group never run).
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def live_after(runner: GraphRunner, end: int) -> list[torch.fx.Node]:
     return [n for n in runner.order[: end + 1] if n.op != "placeholder" and runner.last_use[n] > end]
 
 
+def changed(program: ExportedProgram, held: Mapping[str, object]) -> set[str]:
+    """Names of parameters, buffers and constants that are not the objects in `held` any more."""
+    now = {**program.state_dict, **program.constants}
+    return {name for name, value in now.items() if held.get(name) is not value}
+
+
+def first_reader(runner: GraphRunner, names: set[str], start: int) -> int:
+    """The earliest position >= start of a node reading one of the named program inputs
+    (len(order) when none does)."""
+    by_name = {n.name: n for n in runner.placeholders}
+    nodes = [by_name[s.arg.name] for s in runner.program.graph_signature.input_specs if s.target in names]
+    return min((runner.pos[u] for n in nodes for u in n.users if runner.pos[u] >= start), default=len(runner.order))
+
+
 def release_free_memory() -> None:
     """Give the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
 
@@ -71,12 +87,13 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
     segment; an edit to a parameter only used by segments < i (already run) has no effect on
     the boundary values, which are not recomputed.
 
-    Time: per window, 2 executions of each node before the last segment and 1 of each node of
-    the last segment (about two forwards, independent of the number of groups), plus process.
-    Peak memory: all n windows' boundary values (for a Llama decoder layer: the residual stream
-    and the down_proj output, 2 x [L, H], the rotary tables [L, head_dim] and the attention
-    mask [L, L] per window, about 8·L·H + L² bytes in fp32), plus one batch's activations inside
-    one segment, plus one group's statistics.
+    Time: per window, one execution of each node up to the last group (a second one of a
+    segment whose earlier nodes read a parameter that `process` replaced), plus process.
+    Peak memory: all n windows' values live at two points, the boundary before the segment and
+    the one before its last node (for a Llama decoder layer: the residual stream and the
+    down_proj output, 2 x [L, H], the rotary tables [L, head_dim] and the attention mask [L, L]
+    per window, about 8·L·H + L² bytes in fp32, twice), plus one batch's activations inside one
+    segment, plus one group's statistics.
     """
     runner = GraphRunner(program)
     by_node = [check_sites(program, g) for g in groups]
@@ -93,19 +110,27 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
         bar.set_postfix_str(f"{site}: measuring")
         stats = {name: SiteStats(spec) for name in groups[i]}
         hook = stats_hook(stats, by_node[i])
+        last = runner.order[end]
+        before_last = []  # per batch: the values live just before the segment's last node
         with torch.no_grad(), stage("forward"):
             for ids, live in zip(chunks, boundary):
-                runner.run_range(start, end, {**runner.inputs(ids), **live}, hook)
+                env = {**runner.inputs(ids), **live}
+                runner.run_range(start, end - 1, env, hook)
+                hook(last, env)
+                before_last.append({n: v for n, v in env.items() if n.op != "placeholder"})
         bar.set_postfix_str(f"{site}: solving")
+        held = {**program.state_dict, **program.constants}
         process(i, stats)  # outside no_grad: it may train (learned scales)
         if i + 1 < len(spans):
             bar.set_postfix_str(f"{site}: propagating")
             keep = live_after(runner, end)
+            rerun = first_reader(runner, changed(program, held), start) < end
             with torch.no_grad(), stage("forward"):
                 for b, ids in enumerate(chunks):
-                    env = {**runner.inputs(ids), **boundary[b]}
-                    runner.run_range(start, end, env)
+                    env = {**runner.inputs(ids), **(boundary[b] if rerun else before_last[b])}
+                    runner.run_range(start if rerun else end, end, env)
                     boundary[b] = {n: env[n] for n in keep}
+        del held, before_last
         release_free_memory()
         bar.update()
     bar.close()

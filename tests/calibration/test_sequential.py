@@ -74,8 +74,34 @@ def test_each_group_sees_the_already_processed_model(tiny, restore, monkeypatch)
     spans = segments(runner, groups)
     nodes = [sum(runner.order[p].op != "placeholder" for p in range(a, b + 1)) for a, b in spans]
     n_batches = 2
-    # linear: every segment runs twice (collect, then re-run processed), the last one once
-    assert runs["n"] == (2 * sum(nodes) - nodes[-1]) * n_batches
+    # collecting runs each segment up to its last node; processing edits weights read inside the
+    # segment (a whole layer's linears), so every segment but the last runs again in full
+    assert runs["n"] == (sum(n - 1 for n in nodes) + sum(nodes[:-1])) * n_batches
+
+
+def test_an_edit_of_the_last_node_only_costs_that_node(tiny, restore, monkeypatch):
+    # One group per linear: each segment ends at its linear, and processing edits only that
+    # linear's weight, so after collecting, the segment's last node alone runs again.
+    ep = tiny.ep
+    order = {n: i for i, n in enumerate(ep.graph.nodes)}
+    groups = [{fqn: node} for fqn, node in sorted(tiny.sites.items(), key=lambda kv: order[kv[1]])]
+    seen = {}
+
+    def process(i, stats):
+        seen[i] = stats
+        scale(ep, groups[i], 1.25 + 0.1 * i)
+
+    originals = dict(ep.state_dict)
+    runs = count_node_runs(monkeypatch)
+    layer_sequential(ep, groups, tiny.windows, SPEC, process, batch_size=4, progress=False)
+    monkeypatch.undo()
+    runner = GraphRunner(ep)
+    nodes = [sum(runner.order[p].op != "placeholder" for p in range(a, b + 1)) for a, b in segments(runner, groups)]
+    assert runs["n"] == (sum(n - 1 for n in nodes) + len(groups) - 1) * 2
+    ep.state_dict.update(originals)
+    for i, group in enumerate(groups):  # the same statistics as a fresh collection on the processed model
+        assert_same(seen[i][next(iter(group))], collect_fx(ep, group, tiny.windows, SPEC, progress=False)[next(iter(group))])
+        scale(ep, group, 1.25 + 0.1 * i)
 
 
 def test_groups_must_follow_each_other(tiny):
