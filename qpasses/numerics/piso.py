@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from qpasses.numerics import native
+
 F64 = torch.float64
 INT4 = torch.arange(-8, 8, dtype=F64)
 E2M1 = torch.tensor([-6, -4, -3, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=F64)
@@ -94,13 +96,18 @@ def _beta_dense(idx: torch.Tensor, delta: torch.Tensor, h: torch.Tensor, chunk: 
     return inc.cumsum_(1)
 
 
-def optimal_scales(w: torch.Tensor, grid: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def optimal_scales(w: torch.Tensor, grid: torch.Tensor, h: torch.Tensor | None = None,
+                   compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows w [R, D] -> (s [R], E(s) [R]): the scale minimizing E over all s > 0, exactly.
 
     h: dense [D, D] (symmetric PSD), diagonal [D], or None (identity). An all-zero row gets s = 1.
     Work: sorting R·D·L events (L = grid transitions per sign, 8 for INT4), then O(R·D·L) in
-    diagonal mode or O(R·D²·L) dense.
+    diagonal mode or O(R·D²·L) dense. A dense H goes to the compiled sweep (numerics.native, the
+    same algorithm one row at a time, ~6x faster) when it is built and `compiled`; this torch
+    version is its reference.
     """
+    if compiled and h is not None and h.ndim == 2 and native.library() is not None:
+        return native.piso_dense(w, h, grid)
     w = w.to(F64)
     t, idx, frm, to = _events(w, grid)
     delta = to - frm

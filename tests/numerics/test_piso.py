@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qpasses.formats.mxfp4 import e2m1_round
-from qpasses.numerics import gptq, piso
+from qpasses.numerics import gptq, native, piso
 
 F64 = torch.float64
 MODES = ("identity", "diag", "dense")
@@ -36,13 +36,14 @@ def brute_force(w, grid, h):
     return piso.energy(w, cand, grid, h).amin(1)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("grid", GRIDS)
-def test_piso_equals_brute_force_and_is_never_worse_than_rtn_or_the_grid(mode, grid):
+def test_piso_equals_brute_force_and_is_never_worse_than_rtn_or_the_grid(mode, grid, compiled):
     g = GRIDS[grid]
     for seed in range(4):
         w, h = problem(seed, mode=mode)
-        s, e = piso.optimal_scales(w, g, h)
+        s, e = piso.optimal_scales(w, g, h, compiled=compiled)
         assert torch.allclose(piso.energy(w, s, g, h), e, rtol=1e-10, atol=1e-9)  # E is what s gives
         best = brute_force(w, g, h)
         scale = best.abs().clamp_min(1e-9)
@@ -52,6 +53,23 @@ def test_piso_equals_brute_force_and_is_never_worse_than_rtn_or_the_grid(mode, g
         assert (e <= rtn + 1e-9 * rtn.abs()).all()
         _, grid_e = piso.grid_scales(w, g, h, points=200)
         assert (e <= grid_e + 1e-9 * grid_e.abs()).all()
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_the_compiled_sweep_equals_the_torch_one(grid):
+    # The package builds numerics.native; the sweep there is the torch algorithm one row at a time.
+    assert native.library() is not None
+    g = GRIDS[grid]
+    for seed in range(3):
+        w, h = problem(seed, rows=40, d=64)
+        w[0] = 0  # an all-zero row
+        w[1] = g[torch.randint(len(g), (64,), generator=torch.Generator().manual_seed(seed))] * 0.25  # on the grid: tied events
+        w[2, 5:] = 0
+        s_c, e_c = piso.optimal_scales(w, g, h)
+        s_t, e_t = piso.optimal_scales(w, g, h, compiled=False)
+        torch.testing.assert_close(s_c, s_t, rtol=1e-12, atol=0)
+        torch.testing.assert_close(e_c, e_t, rtol=1e-10, atol=1e-12)
+        assert s_c[0] == 1 and e_c[0] == 0
 
 
 def test_an_all_zero_row_gets_scale_one():
