@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qpasses.calibration.source import CalibrationSource
+from qpasses.checkpoint import Checkpoint, partial_dir
 from qpasses.errors import InputError
 from qpasses.export.deploy import check_destination, staged
 from qpasses.passes.base import Context
@@ -89,7 +90,8 @@ def _run(opts: Options, log, prof) -> dict:
                          f"no perplexity; pass --no-eval")
     evaluator = measure.Evaluator(loaded.tokenizer, None if opts.no_eval else opts.eval_windows, opts.eval_text,
                                   opts.threads, opts.progress)
-    ctx = Context(ignore=recipe.ignore, overrides=recipe.overrides, seed=opts.seed,
+    checkpoint = Checkpoint(partial_dir(out), resume_key(opts, recipe, loaded), log)
+    ctx = Context(ignore=recipe.ignore, overrides=recipe.overrides, seed=opts.seed, checkpoint=checkpoint,
                   calibration=CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed,
                                                 progress=opts.progress))
     ppl = {"fp": None, "stage_a": None, "quant": None}
@@ -144,8 +146,20 @@ def _run(opts: Options, log, prof) -> dict:
                            time.perf_counter() - t_start, layer_error=probe.table if probe else {},
                            profile=prof.table())
         rep.write(report, folder)
+    checkpoint.remove()  # the deployment is in place: nothing is left to resume
     log(rep.render_markdown(report))
     return report
+
+
+def resume_key(opts: Options, recipe, loaded) -> dict:
+    """What a checkpoint must match to be resumed: everything that changes the bytes a solve writes."""
+    import torch
+
+    from qpasses import __version__
+
+    return {"model": str(loaded.source.get("sha256") or loaded.name), "recipe": recipe.sha256, "sets": list(opts.sets),
+            "tokenizer": opts.tokenizer, "calib_windows": opts.calib_windows, "seed": opts.seed,
+            "threads": torch.get_num_threads(), "qpasses": __version__, "torch": torch.__version__}
 
 
 def stage_a(model):

@@ -6,7 +6,7 @@ import pytest
 
 from qpasses.cli.main import main
 
-TIMING_KEYS = {"seconds", "quantize_seconds", "total_seconds", "peak_rss_bytes", "date"}
+TIMING_KEYS = {"seconds", "quantize_seconds", "total_seconds", "peak_rss_bytes", "date", "profile"}
 
 
 def untimed(x):

@@ -77,10 +77,12 @@ def release_free_memory() -> None:
 
 def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, torch.fx.Node]], windows: torch.Tensor,
                      spec: StatsSpec, process: Callable[[int, dict[str, SiteStats]], None],
-                     batch_size: int = 4, progress: bool = True) -> None:
+                     batch_size: int = 4, progress: bool = True, resume_at: int = 0) -> None:
     """Call `process(i, stats_i)` for each group in order, where stats_i are the statistics of
     group i's sites (site name -> SiteStats over windows[n, L], all-ones mask) measured after
-    process(0..i-1) ran.
+    process(0..i-1) ran. With `resume_at` > 0, groups before it count as processed already (a
+    resumed run applied their results): their segments run once, forward only, up to group
+    `resume_at`.
 
     `process` may replace parameters (`program.state_dict[name] = ...`) but not the graph.
     Parameters are re-read for every segment run, so an edit takes effect in every later
@@ -100,12 +102,20 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
     windows = check_windows(windows, spec)
     spans = segments(runner, groups)
     chunks = batches(windows, batch_size)
-    if not spans:
+    if len(spans) <= resume_at:
         return
     boundary: list[Env] = [{} for _ in chunks]
+    if resume_at:
+        done = spans[resume_at - 1][1]
+        keep = live_after(runner, done)
+        with torch.no_grad(), stage("forward"):
+            for b, ids in enumerate(chunks):
+                env = runner.inputs(ids)
+                runner.run_range(0, done, env)
+                boundary[b] = {n: env[n] for n in keep}
     # One step per group, so the ETA counts the solves (most of the time at scale), not only forwards.
-    bar = tqdm(total=len(spans), desc="layer-sequential", unit="group", disable=not progress)
-    for i, (start, end) in enumerate(spans):
+    bar = tqdm(total=len(spans), initial=resume_at, desc="layer-sequential", unit="group", disable=not progress)
+    for i, (start, end) in enumerate(spans[resume_at:], resume_at):
         site = next(iter(groups[i]))
         bar.set_postfix_str(f"{site}: measuring")
         stats = {name: SiteStats(spec) for name in groups[i]}

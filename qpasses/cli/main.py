@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qpasses: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("qpasses: interrupted", file=sys.stderr)
+        resume = "; the same command resumes after the layers already finished" if args.command == "run" else ""
+        print(f"qpasses: interrupted{resume}", file=sys.stderr)
         return 130
 
 

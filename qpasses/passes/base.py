@@ -35,6 +35,8 @@ class Context:
     quantized: weight parameter name -> formats.QuantizedWeight (the exact codes behind the float
                weight now in the graph)
     act_formats: weight parameter name -> formats.ActFormat of that linear's input
+    checkpoint: a qpasses.checkpoint.Checkpoint where layer-sequential passes keep finished groups
+               (None: no resuming); step: the running pass's index in the recipe (its folder there)
     """
 
     ignore: tuple[str, ...] = ()
@@ -44,6 +46,8 @@ class Context:
     act_formats: dict[str, Any] = field(default_factory=dict)
     calibration: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Any = None
+    step: int = 0
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class PassManager:
         t = time.perf_counter()
         recipe_ignore = ctx.ignore
         ctx.ignore = recipe_ignore + p.ignore  # the pass's own ignore list, for this pass only
+        ctx.step = i
         try:
             with stage(p.name):
                 p.requires(graph, ctx)

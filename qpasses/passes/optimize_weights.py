@@ -41,6 +41,7 @@ from tqdm import tqdm
 from qpasses.calibration.collect_fx import tap_node
 from qpasses.calibration.sequential import layer_sequential
 from qpasses.calibration.stats import StatsSpec
+from qpasses.checkpoint import GroupStore
 from qpasses.errors import PreconditionError
 from qpasses.formats import dequantize_weight, e8m0_encode, quantize_weight
 from qpasses.formats.mxfp4 import block_exponent
@@ -295,19 +296,47 @@ class OptimizeWeights(Pass):
         windows = ctx.calibration.windows()[0][: self.settings.windows]
         spec = StatsSpec(moments=False, absmax=False, gram=True, max_tokens=max(1, windows.numel()))
         later = []
+        store = None if ctx.checkpoint is None else GroupStore(ctx.checkpoint, ctx.step, self.name)
 
-        def step(i, stats):
-            h = stats[ordered[i][0][0].name].gram
-            whiten = srr.whitening(h) if any(self.site_settings(s, ctx).rank for s, _ in ordered[i]) else None
-            for solved in self._solve([s for s, _ in ordered[i]], h, ctx, whiten):
+        def take(group: list[tuple]) -> None:
+            for solved in group:
                 if self.settings.sequential:
                     _apply(graph, *solved, ctx)
                 else:
                     later.append(solved)
 
-        layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx))
+        def step(i, stats):
+            h = stats[ordered[i][0][0].name].gram
+            whiten = srr.whitening(h) if any(self.site_settings(s, ctx).rank for s, _ in ordered[i]) else None
+            solved = self._solve([s for s, _ in ordered[i]], h, ctx, whiten)
+            take(solved)
+            if store is not None:
+                store.save(i, *_pack(solved, ctx))
+
+        resumed = 0
+        while store is not None and resumed < len(ordered) and (saved := store.load(resumed)) is not None:
+            take(self._unpack([s for s, _ in ordered[resumed]], *saved, ctx))
+            resumed += 1
+        if resumed:
+            ctx.checkpoint.log(f"  {self.name}: resuming after {resumed} of {len(ordered)} groups ({store.folder})")
+        layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx), resume_at=resumed)
         for solved in later:
             _apply(graph, *solved, ctx)
+
+    def _unpack(self, sites: list, arrays: dict, meta: dict, ctx) -> list[tuple]:
+        """A checkpointed group (_pack) -> the (site, QuantizedWeight, Ŵ, (L, R) or None) its solve gave."""
+        out = []
+        for k, (site, saved) in enumerate(zip(sites, meta["sites"])):
+            if saved["name"] != site.name:
+                raise PreconditionError(f"checkpoint {ctx.checkpoint.folder} holds {saved['name']} where "
+                                        f"{site.name} is expected; delete the folder")
+            q = QuantizedWeight(self.site_settings(site, ctx).weight_format(), site.shape, arrays[f"{k}.codes"],
+                                arrays[f"{k}.scales"], arrays.get(f"{k}.zero_points"))
+            lr = (arrays[f"{k}.L"], arrays[f"{k}.R"]) if f"{k}.L" in arrays else None
+            ctx.notes.setdefault("weights", {})[site.name] = saved["note"]
+            self.counts[saved["note"]["method"]] += 1
+            out.append((site, q, dequantize_weight(q), lr))
+        return out
 
     def _allocate(self, graph, ctx, groups: list[list]) -> dict[str, int]:
         """Each site's rank under the bit budget (the settings' docstring), one rank per group of
@@ -336,6 +365,20 @@ class OptimizeWeights(Pass):
 
     def ensures(self, graph, ctx):
         on_grid(graph, ctx)
+
+
+def _pack(solved: list[tuple], ctx) -> tuple[dict, dict]:
+    """A solved group -> (arrays, meta) for the checkpoint: codes, scales, zero points, the branch
+    and each site's notes; Ŵ is not stored (it is the dequantized codes)."""
+    arrays, sites = {}, []
+    for k, (site, q, _, lowrank) in enumerate(solved):
+        arrays.update({f"{k}.codes": q.codes, f"{k}.scales": q.scales})
+        if q.zero_points is not None:
+            arrays[f"{k}.zero_points"] = q.zero_points
+        if lowrank is not None:
+            arrays.update({f"{k}.L": lowrank[0], f"{k}.R": lowrank[1]})
+        sites.append({"name": site.name, "note": ctx.notes["weights"][site.name]})
+    return arrays, {"sites": sites}
 
 
 def _apply(graph, site, q, wq, lowrank, ctx) -> None:
