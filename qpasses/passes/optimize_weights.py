@@ -195,15 +195,21 @@ class Solver:
         return held["q"], (left.numpy(), right.numpy()), split.k
 
 
-def relative_error(w: np.ndarray, wq: np.ndarray, h: torch.Tensor | None) -> float:
-    """‖X(W − Ŵ)ᵀ‖² / ‖X Wᵀ‖² = tr(D H Dᵀ) / tr(W H Wᵀ) (H = I when None); ROW_CHUNK rows at a time."""
-    num = den = 0.0
+def relative_errors(w: np.ndarray, approximations: list[np.ndarray], h: torch.Tensor | None) -> list[float]:
+    """‖X(W − Ŵ)ᵀ‖² / ‖X Wᵀ‖² = tr(D H Dᵀ) / tr(W H Wᵀ) (H = I when None) for each Ŵ, ROW_CHUNK rows
+    at a time: reported figures, so float32 products (summed in float64) serve."""
+    hf = None if h is None else h.float()
+
+    def energy(m: torch.Tensor) -> float:
+        return float((m.square() if hf is None else (m @ hf) * m).sum(dtype=F64))
+
+    num, den = [0.0] * len(approximations), 0.0
     for a in range(0, w.shape[0], ROW_CHUNK):
-        wt = torch.from_numpy(w[a:a + ROW_CHUNK]).to(F64)
-        d = wt - torch.from_numpy(wq[a:a + ROW_CHUNK]).to(F64)
-        num += float(d.square().sum() if h is None else ((d @ h) * d).sum())
-        den += float(wt.square().sum() if h is None else ((wt @ h) * wt).sum())
-    return num / max(den, 1e-300)
+        wt = torch.from_numpy(w[a:a + ROW_CHUNK])
+        den += energy(wt)
+        for k, wq in enumerate(approximations):
+            num[k] += energy(wt - torch.from_numpy(wq[a:a + ROW_CHUNK]))
+    return [n / max(den, 1e-300) for n in num]
 
 
 class OptimizeWeights(Pass):
@@ -267,9 +273,9 @@ class OptimizeWeights(Pass):
             lr = None if lowrank is None else (lowrank[0], np.ascontiguousarray(lowrank[1][:, rows]))
             wq, rtn = dequantize_weight(qs), dequantize_weight(quantize_weight(w, st.weight_format()))
             approx = wq if lr is None else wq + (lr[0] @ lr[1]).T
-            ctx.notes.setdefault("weights", {})[site.name] = {
-                "method": st.rule(), "rtn": relative_error(w, rtn, hn), "optimized": relative_error(w, approx, hn),
-                **note}
+            e_rtn, e_opt = relative_errors(w, [rtn, approx], hn)
+            ctx.notes.setdefault("weights", {})[site.name] = {"method": st.rule(), "rtn": e_rtn, "optimized": e_opt,
+                                                               **note}
             self.counts[st.rule()] += 1
             out.append((site, qs, wq, lr))
         return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from fx_helpers import transform
 from qpasses.models.tiny import build_tiny_llama
 
@@ -148,3 +149,19 @@ def test_rows_solved_in_chunks_give_the_same_codes(settings, monkeypatch):
     monkeypatch.setattr(ow, "ROW_CHUNK", 16)
     chunked = solver.solve(w, x.T @ x)
     assert np.array_equal(whole.codes, chunked.codes) and np.array_equal(whole.scales, chunked.scales)
+
+
+def test_relative_errors_are_the_layer_output_errors():
+    # ‖X(W − Ŵ)ᵀ‖² / ‖X Wᵀ‖², from float32 products, against the float64 definition on X itself
+    from qpasses.passes.optimize_weights import relative_errors
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 48)) * rng.uniform(0.1, 5, 48)
+    w = rng.standard_normal((40, 48)).astype(np.float32)
+    approx = [w + 0.01 * rng.standard_normal(w.shape).astype(np.float32), np.zeros_like(w)]
+    want = [np.square(x @ (w - a).T.astype(np.float64)).sum() / np.square(x @ w.T.astype(np.float64)).sum() for a in approx]
+    got = relative_errors(w, approx, torch.from_numpy(x.T @ x))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got[1] == pytest.approx(1.0, rel=1e-6)
+    plain = relative_errors(w, approx, None)  # H = I: weight MSE
+    np.testing.assert_allclose(plain[0], np.square(w - approx[0]).sum() / np.square(w).sum(), rtol=1e-5)
