@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_KEYS = ("weight_count", "quantize_seconds", "total_seconds", "peak_rss_bytes", "onnx_bytes", "fp32_onnx_bytes",
-               "passes", "profile", "threads")
+               "passes", "profile", "threads", "ppl_fp", "ppl_stage_a", "ppl_quant", "eval_windows")
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -3,13 +3,15 @@ the 1B Llama-shaped model: model load, capture, calibration forwards, statistics
 matrices), PiSO scale search, GPTQ, each pass's remainder, export, lowering, write.
 
 Each model runs once as `qpasses run` in a child (default recipe, default calibration, the
-layer-error probe on, no perplexity evaluation: its three evaluations are not quantize time);
+layer-error probe on, no perplexity evaluation unless --eval-windows: its three evaluations are
+not quantize time; a few windows check the deployed file against stage A, e.g. on the 1B model
+whose random weights make perplexity itself meaningless);
 the run's profile (qpasses.profiling: exclusive wall and CPU seconds and peak resident memory
 per stage) is saved under a label, and docs/quantize_profile.md shows every saved label side by
 side, so a change is measured as a before / after pair on the same machine.
 
     .venv/bin/python bench/quantize_profile.py --label after                 # SmolLM2 (minutes)
-    .venv/bin/python bench/quantize_profile.py --label after --models 1b     # the 1B model (tens of minutes)
+    .venv/bin/python bench/quantize_profile.py --label after --models 1b --eval-windows 2   # 1B (tens of minutes)
     .venv/bin/python bench/quantize_profile.py --table-only                  # rewrite the doc from saved runs
 """
 
@@ -38,8 +40,9 @@ def model_path(key: str) -> str:
     return "smollm2-135m" if key == "smollm2" else str(ensure_1b(16))
 
 
-def profile(key: str, label: str, threads: int | None) -> dict:
-    args = ["--model", model_path(key), "--no-eval", *(["--threads", str(threads)] if threads else [])]
+def profile(key: str, label: str, threads: int | None, eval_windows: int | None) -> dict:
+    evaluation = ["--eval-windows", str(eval_windows)] if eval_windows else ["--no-eval"]
+    args = ["--model", model_path(key), *evaluation, *(["--threads", str(threads)] if threads else [])]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     out = Path(tempfile.gettempdir()) / f"qpasses-profile-{key}-{os.getpid()}"
     row = {"model": key, "label": label, "commit": commit.strip(),
@@ -70,6 +73,13 @@ def table(rows: list[dict]) -> list[str]:
     return md
 
 
+def ppl(r: dict) -> str:
+    if not r.get("eval_windows"):
+        return ""
+    return (f"; perplexity on {r['eval_windows']} windows: float {r['ppl_fp']:.4f}, stage A {r['ppl_stage_a']:.4f}, "
+            f"deployed {r['ppl_quant']:.4f}")
+
+
 def document(path: Path) -> None:
     md = ["# Where the quantize time goes", "",
           "Made by `bench/quantize_profile.py` (its docstring says how); each column group is one run of the default "
@@ -83,7 +93,7 @@ def document(path: Path) -> None:
             continue
         md += [f"## {rows[0]['model']}", ""]
         md += [f"* {r['label']}: commit {r['commit']}, {r['date']}, {r['threads']} threads, 1-minute load average "
-               f"{r['load_average']:.2f} at the start" for r in rows]
+               f"{r['load_average']:.2f} at the start{ppl(r)}" for r in rows]
         md += ["", *table(rows), ""]
     path.write_text("\n".join(md))
     print("\n".join(md))
@@ -95,12 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="+", choices=("smollm2", "1b"), default=["smollm2"])
     ap.add_argument("--label", default="current", help="name of this run's column (e.g. before, after)")
     ap.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    ap.add_argument("--eval-windows", type=int, default=None,
+                    help="measure perplexity on this many windows (float, stage A, deployed) instead of none")
     ap.add_argument("--table-only", action="store_true", help="only rewrite the document from the saved runs")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "quantize_profile.md")
     args = ap.parse_args(argv)
     if not args.table_only:
         for key in args.models:
-            profile(key, args.label, args.threads)
+            profile(key, args.label, args.threads, args.eval_windows)
     document(args.out)
 
 
