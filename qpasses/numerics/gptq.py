@@ -19,9 +19,11 @@ from collections.abc import Callable
 
 import torch
 
+from qpasses.numerics import native
+from qpasses.numerics.piso import nearest
+
 F64 = torch.float64
 ScalesFor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (w [N, g], h [g, g]) -> s [N]
-RoundTo = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (column [N], s [N]) -> dequantized column [N]
 
 
 def group_order(diag: torch.Tensor, group: int, act_order: bool) -> list[torch.Tensor]:
@@ -35,13 +37,15 @@ def group_order(diag: torch.Tensor, group: int, act_order: bool) -> list[torch.T
     return [groups[i] for i in weight.argsort(descending=True, stable=True)]
 
 
-def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, round_to: RoundTo,
-         damp: float = 0.01, act_order: bool = True, lazy: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, grid: torch.Tensor,
+         damp: float = 0.01, act_order: bool = True, lazy: int = 128, compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """W [N, K], H [K, K] -> (Ŵ [N, K] dequantized, scales [N, ceil(K / group)] per original group).
 
-    group: columns per scale (K or more: one scale per row). damp: λ = damp · mean(diag H) added to
-    the diagonal. Columns whose input is always zero (H_jj = 0) are zeroed. Errors are propagated
-    lazily in blocks: a group, or `lazy` columns when the whole row is one group.
+    group: columns per scale (K or more: one scale per row). grid: the unscaled grid; a column w
+    rounds to nearest(w / s)·s. damp: λ = damp · mean(diag H) added to the diagonal. Columns whose
+    input is always zero (H_jj = 0) are zeroed. Errors are propagated lazily in blocks: a group, or
+    `lazy` columns when the whole row is one group. The column loop inside a block runs compiled
+    (numerics.native, the same bits) when built and `compiled`; this torch loop is its reference.
     """
     w, h = w.to(F64).clone(), h.to(F64)
     n, k = w.shape
@@ -81,13 +85,16 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, ro
         if first:  # the group's columns are error-corrected up to here: choose its scales
             scales[:, gi] = scales_for(wp[:, a:a + len(groups[gi])], raw[gi])
         s = scales[:, gi]
-        err = torch.zeros(n, b - a, dtype=F64)
-        for j in range(a, b):
-            col = wp[:, j]
-            out[:, j] = round_to(col, s)
-            e = (col - out[:, j]) / u[j, j]
-            wp[:, j:b] -= e[:, None] * u[j, j:b][None, :]
-            err[:, j - a] = e
+        if compiled and native.library() is not None:
+            wp[:, a:b], out[:, a:b], err = native.gptq_block(wp[:, a:b], u[a:b, a:b], s, grid)
+        else:
+            err = torch.zeros(n, b - a, dtype=F64)
+            for j in range(a, b):
+                col = wp[:, j]
+                out[:, j] = nearest(col / s, grid) * s
+                e = (col - out[:, j]) / u[j, j]
+                wp[:, j:b] -= e[:, None] * u[j, j:b][None, :]
+                err[:, j - a] = e
         wp[:, b:] -= err @ u[a:b, b:]
     result = torch.empty_like(out)
     result[:, perm] = out

@@ -26,6 +26,8 @@ def library() -> ctypes.CDLL | None:
     i64 = ctypes.c_int64
     lib.qpasses_piso_dense.argtypes = [i64, i64, _P, _P, _P, _P, i64, i64, _P, _P]
     lib.qpasses_piso_dense.restype = None
+    lib.qpasses_gptq_block.argtypes = [i64, i64, _P, _P, _P, _P, i64, i64, _P, _P]
+    lib.qpasses_gptq_block.restype = None
     return lib
 
 
@@ -33,15 +35,29 @@ def _ptr(t: torch.Tensor):
     return ctypes.cast(t.data_ptr(), _P)
 
 
-def piso_dense(w: torch.Tensor, h: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """piso.optimal_scales with a dense H: rows w [R, D], H [D, D], the grid -> (s [R], E(s) [R]),
-    one row per event sweep, rows split over torch's intra-op threads."""
+def _lib() -> ctypes.CDLL:
     lib = library()
     if lib is None:
         raise RuntimeError(f"{LIBRARY_NAME} is not built; reinstall the package (./dev setup)")
+    return lib
+
+
+def piso_dense(w: torch.Tensor, h: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """piso.optimal_scales with a dense H: rows w [R, D], H [D, D], the grid -> (s [R], E(s) [R]),
+    one row per event sweep, rows split over torch's intra-op threads."""
     w, h, grid = (t.to(F64).contiguous() for t in (w, h, grid))
     b = (w @ h).contiguous()
     s, e = torch.empty(w.shape[0], dtype=F64), torch.empty(w.shape[0], dtype=F64)
-    lib.qpasses_piso_dense(w.shape[0], w.shape[1], _ptr(w), _ptr(b), _ptr(h), _ptr(grid), grid.numel(),
+    _lib().qpasses_piso_dense(w.shape[0], w.shape[1], _ptr(w), _ptr(b), _ptr(h), _ptr(grid), grid.numel(),
                            torch.get_num_threads(), _ptr(s), _ptr(e))
     return s, e
+
+
+def gptq_block(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """GPTQ's column loop over one block: w [N, c] float64 (a copy is updated), U's block [c, c],
+    the scales s [N], the grid -> (w updated, quantized columns [N, c], scaled errors [N, c])."""
+    w, u, s, grid = (t.to(F64).contiguous().clone() if t is w else t.to(F64).contiguous() for t in (w, u, s, grid))
+    out, err = torch.empty_like(w), torch.empty_like(w)
+    _lib().qpasses_gptq_block(w.shape[0], w.shape[1], _ptr(w), _ptr(u), _ptr(s), _ptr(grid), grid.numel(),
+                              torch.get_num_threads(), _ptr(out), _ptr(err))
+    return w, out, err

@@ -143,9 +143,6 @@ class Solver:
             return piso.grid_scales(w, self.grid, self.curvature(h), self.st.grid_points)[0]
         return piso.optimal_scales(w, self.grid, self.curvature(h))[0]
 
-    def round_to(self, col: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return piso.nearest(col / s, self.grid) * s
-
     def solve(self, w: np.ndarray, h: torch.Tensor | None):
         """float32 W [N, K], H [K, K] (None: identity) -> QuantizedWeight. Rows are solved
         ROW_CHUNK at a time (every method here treats rows independently): the working set of
@@ -168,7 +165,7 @@ class Solver:
         """Rows [n, K] -> (Ŵ or W, the block scales [n, blocks])."""
         if self.st.gptq:  # Ŵ comes out on the grid of its scales; the format re-derives the codes
             with stage("gptq"):
-                return gptq.gptq(target, h, group, self.scales_for, self.round_to, self.st.damp, self.st.act_order)
+                return gptq.gptq(target, h, group, self.scales_for, self.grid, self.st.damp, self.st.act_order)
         k = target.shape[1]
         cols = [slice(a, min(a + group, k)) for a in range(0, k, group)]
         return target, torch.stack([self.scales_for(target[:, c], None if h is None else h[c, c]) for c in cols], 1)

@@ -127,7 +127,7 @@ def test_gptq_lowers_the_output_error_and_its_weights_sit_on_their_groups_scales
     w, h = layer()
     rtn = torch.cat([int4_round(w[:, a:a + group].T, amax_scales(w[:, a:a + group], None)).T
                      for a in range(0, 96, group)], 1)
-    wq, scales = gptq.gptq(w, h, group, amax_scales, int4_round, act_order=act_order)
+    wq, scales = gptq.gptq(w, h, group, amax_scales, piso.INT4, act_order=act_order)
     assert scales.shape == (24, 96 // group)
     assert output_error(w, wq, h) < 0.8 * output_error(w, rtn, h)
     for j in range(96 // group):
@@ -137,19 +137,29 @@ def test_gptq_lowers_the_output_error_and_its_weights_sit_on_their_groups_scales
 
 def test_piso_inside_gptq_beats_gptq_with_amax_scales():
     w, h = layer(1)
-    with_amax, _ = gptq.gptq(w, h, 32, amax_scales, int4_round)
-    with_piso, _ = gptq.gptq(w, h, 32, lambda wg, hg: piso.optimal_scales(wg, piso.INT4, hg)[0], int4_round)
+    with_amax, _ = gptq.gptq(w, h, 32, amax_scales, piso.INT4)
+    with_piso, _ = gptq.gptq(w, h, 32, lambda wg, hg: piso.optimal_scales(wg, piso.INT4, hg)[0], piso.INT4)
     assert output_error(w, with_piso, h) < output_error(w, with_amax, h)
+
+
+@pytest.mark.parametrize("group", [32, 96])  # 96: one group, blocks of `lazy` columns
+def test_the_compiled_gptq_loop_gives_the_torch_loops_bits(group):
+    w, h = layer(4)
+    w[3] = 0
+    for grid, scales in ((piso.INT4, amax_scales), (piso.E2M1, lambda wg, hg: 2.0 ** torch.ceil(torch.log2(wg.abs().amax(1).clamp_min(1e-9) / 6)))):
+        want = gptq.gptq(w, h, group, scales, grid, lazy=40, compiled=False)
+        got = gptq.gptq(w, h, group, scales, grid, lazy=40)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_gptq_zeroes_columns_that_never_see_input():
     w, h = layer(2)
     h[5, :] = h[:, 5] = 0
-    wq, _ = gptq.gptq(w, h, 32, amax_scales, int4_round)
+    wq, _ = gptq.gptq(w, h, 32, amax_scales, piso.INT4)
     assert (wq[:, 5] == 0).all()
 
 
 def test_gptq_says_when_h_is_not_positive_definite():
     w, h = layer(3)
     with pytest.raises(ValueError, match="raise damp"):
-        gptq.gptq(w, -h, 32, amax_scales, int4_round, damp=0.0)
+        gptq.gptq(w, -h, 32, amax_scales, piso.INT4, damp=0.0)

@@ -9,13 +9,14 @@
 //
 // Events are ordered by t descending, ties by (element, transition) ascending: the order of the
 // Python path's stable sort. Float64 throughout, no FMA contraction (-ffp-contract=off), so the
-// result does not depend on the instruction set. Rows are split across `threads` std::threads.
+// result does not depend on the instruction set. Rows are split across `threads` threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <thread>
 #include <vector>
+
+#include "parallel.h"
 
 namespace {
 
@@ -91,16 +92,7 @@ void solve_rows(int64_t begin, int64_t end, int64_t d, const double* w, const do
 extern "C" __attribute__((visibility("default"))) void qpasses_piso_dense(
     int64_t rows, int64_t d, const double* w, const double* b, const double* h, const double* grid, int64_t g,
     int64_t threads, double* s_out, double* e_out) {
-  threads = std::max<int64_t>(1, std::min<int64_t>(threads, rows / 64 + 1));
-  if (threads == 1) {
-    solve_rows(0, rows, d, w, b, h, grid, g, s_out, e_out);
-    return;
-  }
-  std::vector<std::thread> pool;
-  const int64_t per = (rows + threads - 1) / threads;
-  for (int64_t k = 0; k < threads; ++k) {
-    const int64_t begin = k * per, end = std::min(rows, begin + per);
-    if (begin < end) pool.emplace_back(solve_rows, begin, end, d, w, b, h, grid, g, s_out, e_out);
-  }
-  for (auto& t : pool) t.join();
+  qpasses_numerics::parallel_rows(rows, threads, [=](int64_t begin, int64_t end) {
+    solve_rows(begin, end, d, w, b, h, grid, g, s_out, e_out);
+  });
 }
