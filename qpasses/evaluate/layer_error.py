@@ -7,7 +7,8 @@ For every linear site, on held-out calibration tokens (algorithms.md 3.2, normal
 X   the site's float input as the current graph computes it (tap "float": after any online
     rotation, before the activation quantizer), a uniform sample of `tokens` rows of the first
     WINDOWS held-out windows;
-Wf  the site's last float weight: the current one, or the copy kept before it was quantized;
+Wf  the site's last float weight: the current one, or the copy kept before it was quantized (in a
+    temporary folder, memory-mapped: the probe adds no second copy of the weights to memory);
 Wq  the current (on-grid) weight once quantized, else Wf through the recipe's quantize_weights
     (or optimize_weights) format for that site, by round to nearest (Wf when the recipe has none);
 Qa  the quant_act in front of the linear, else the recipe's quantize_activations format for the
@@ -22,8 +23,11 @@ when the first measurement fails (e.g. a model whose context is shorter than the
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
@@ -69,7 +73,9 @@ class LayerErrorProbe:
         self.table: dict[str, dict[str, float]] = {}
         self.seconds = 0.0  # time spent measuring
         self.active = False
-        self._float: dict[str, np.ndarray] = {}  # weight name -> float32 W while unquantized
+        self._float: dict[str, np.ndarray] = {}  # weight name -> float32 W while unquantized (memory-mapped)
+        self._spill: tempfile.TemporaryDirectory | None = None  # removed with the probe
+        self._spilled = itertools.count()
         self._seen: Counter[str] = Counter()
         self._state = None
 
@@ -120,7 +126,7 @@ class LayerErrorProbe:
             if site.weight_name in ctx.quantized:
                 wf, wq = self._float.get(site.weight_name, w), w
             else:
-                self._float[site.weight_name] = wf = w
+                self._float[site.weight_name] = wf = self._keep(site.weight_name, w)
                 wq = wf
                 if self.weights is not None:
                     wq = dequantize_weight(quantize_weight(wf, self.weights.settings_for(site, ctx).weight_format()))
@@ -129,6 +135,15 @@ class LayerErrorProbe:
             if e is not None:
                 out[site.name] = e
         return out
+
+    def _keep(self, name: str, w: np.ndarray) -> np.ndarray:
+        """A read-only copy of w on disk, memory-mapped: once a pass replaces the weight, the graph's
+        old tensor can be freed while E keeps its reference."""
+        if self._spill is None:
+            self._spill = tempfile.TemporaryDirectory(prefix="qpasses-layer-error-")
+        path = Path(self._spill.name) / f"{next(self._spilled)}.npy"
+        np.save(path, w)
+        return np.load(path, mmap_mode="r")
 
     def _act_format(self, site, ctx) -> ActFormat | None:
         linear = _logits_node(site)
