@@ -136,3 +136,17 @@ def test_state_round_trip_and_errors():
         s.quantile(0.5)
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         StatsSpec(quantiles=(1.0,))
+
+
+def test_the_gram_is_accumulated_by_upper_blocks_and_read_whole(monkeypatch):
+    from qpasses.calibration import stats
+
+    monkeypatch.setattr(stats, "GRAM_COLUMNS", 16)  # 40 columns: block rows of 16, 16, 8
+    x = heavy_tailed(5000, 40, seed=4)
+    s = feed(StatsSpec(gram=True), x, chunk=700)
+    full = x.double().T @ x.double()
+    assert_gram_close(s.gram, full)
+    assert torch.equal(s.gram, s.gram.T)
+    a, b = feed(StatsSpec(gram=True), x[:1000], chunk=700), feed(StatsSpec(gram=True), x[1000:], chunk=700)
+    a.gram  # noqa: B018  (a read in between fills a's lower blocks; merging and reading again stays right)
+    assert_gram_close(a.merge(b).gram, full)
