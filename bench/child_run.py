@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -28,11 +29,13 @@ def rss_bytes(pid: int) -> int | None:
 
 def run_qpasses(out: Path, args: list[str], tag: str) -> dict:
     """`qpasses run --out OUT --force ARGS` -> {args, load_average (1 min, at the start), wall_seconds,
-    curve [(s, bytes)], marks [(s, pass)], and the report's REPORT_KEYS}. Exits on failure."""
+    cpu_seconds (the child's user + system time, all threads), curve [(s, bytes)], marks [(s, pass)],
+    and the report's REPORT_KEYS}. Exits on failure."""
     cmd = [sys.executable, "-m", "qpasses.cli.main", "run", "--out", str(out), "--force", *args]
     print(f"{tag} {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # stderr (progress bars) passes through
     curve, marks, done = [], [], threading.Event()
 
@@ -50,10 +53,12 @@ def run_qpasses(out: Path, args: list[str], tag: str) -> dict:
         if line.startswith("  ") and ":" in line:  # the pass manager's per-pass lines
             marks.append((round(time.perf_counter() - t0, 2), line.strip().split(":")[0]))
     code = child.wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     done.set()
     sampler.join()
     if code:
         raise SystemExit(f"{tag} `qpasses run` failed with exit code {code}; its messages are above")
     report = json.loads((out / "report.json").read_text())
-    return {"args": args, "load_average": load, "wall_seconds": round(time.perf_counter() - t0, 1), "curve": curve,
-            "marks": marks, **{k: report.get(k) for k in REPORT_KEYS}}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"args": args, "load_average": load, "wall_seconds": round(time.perf_counter() - t0, 1),
+            "cpu_seconds": round(cpu, 1), "curve": curve, "marks": marks, **{k: report.get(k) for k in REPORT_KEYS}}

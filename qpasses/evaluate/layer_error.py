@@ -143,7 +143,7 @@ class LayerErrorProbe:
             self._spill = tempfile.TemporaryDirectory(prefix="qpasses-layer-error-")
         path = Path(self._spill.name) / f"{next(self._spilled)}.npy"
         np.save(path, w)
-        return np.load(path, mmap_mode="r")
+        return np.load(path, mmap_mode="c")  # copy-on-write: writable for torch, never written
 
     def _act_format(self, site, ctx) -> ActFormat | None:
         linear = _logits_node(site)
