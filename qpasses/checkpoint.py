@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +38,10 @@ class Checkpoint:
         self.key = {**key, "digest": hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}
         found = self.folder / KEY_FILE
         if self.folder.exists():
-            old = json.loads(found.read_text()) if found.is_file() else {}
+            try:
+                old = json.loads(found.read_text())
+            except (OSError, ValueError):  # missing or damaged: not ours to trust
+                old = {}
             if old.get("digest") != self.key["digest"]:
                 differs = sorted(k for k in key if old.get(k) != key[k]) or ["its key file"]
                 log(f"checkpoint {self.folder} belongs to another run ({', '.join(differs)} differ); starting over")
@@ -77,9 +81,12 @@ class GroupStore:
         path = self._path(i)
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files if k != "__meta__"}
-            return arrays, json.loads(str(data["__meta__"]))
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files if k != "__meta__"}
+                return arrays, json.loads(str(data["__meta__"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # damaged: solved again, then overwritten
+            return None
 
 
 def _plain(x):

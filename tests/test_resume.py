@@ -2,9 +2,9 @@
 with the same arguments resumes from them to the same bytes as an uninterrupted run; a
 checkpoint from another run is never reused; a finished run leaves no checkpoint."""
 
-import pytest
+import numpy as np
 
-from qpasses.checkpoint import partial_dir
+from qpasses.checkpoint import Checkpoint, GroupStore, partial_dir
 from qpasses.cli.main import main
 from qpasses.passes.optimize_weights import OptimizeWeights
 
@@ -68,3 +68,20 @@ def test_a_checkpoint_of_another_run_is_never_reused(tmp_path, monkeypatch, caps
     said = capsys.readouterr().out
     assert "belongs to another run (seed differ); starting over" in said and "resuming" not in said
     assert len(calls) == 9 and not partial_dir(out).exists()
+
+
+def test_damaged_checkpoint_files_are_solved_again(tmp_path):
+
+
+    folder = tmp_path / "out.partial"
+    store = GroupStore(Checkpoint(folder, {"model": "a"}), 0, "optimize_weights")
+    store.save(0, {"0.codes": np.zeros(3, np.uint8)}, {"sites": []})
+    store.save(1, {"0.codes": np.ones(3, np.uint8)}, {"sites": []})
+    arrays, meta = store.load(1)
+    assert arrays["0.codes"].tolist() == [1, 1, 1] and meta == {"sites": []}
+    path = store.folder / "group-00001.npz"
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    assert store.load(1) is None and store.load(0) is not None
+    (folder / "key.json").write_text("{not json")
+    Checkpoint(folder, {"model": "a"}, log=lambda line: None)  # a damaged key: the folder is another run's
+    assert not folder.exists()
