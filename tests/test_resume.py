@@ -71,8 +71,6 @@ def test_a_checkpoint_of_another_run_is_never_reused(tmp_path, monkeypatch, caps
 
 
 def test_damaged_checkpoint_files_are_solved_again(tmp_path):
-
-
     folder = tmp_path / "out.partial"
     store = GroupStore(Checkpoint(folder, {"model": "a"}), 0, "optimize_weights")
     store.save(0, {"0.codes": np.zeros(3, np.uint8)}, {"sites": []})
