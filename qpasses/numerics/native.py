@@ -56,7 +56,8 @@ def piso_dense(w: torch.Tensor, h: torch.Tensor, grid: torch.Tensor) -> tuple[to
 def gptq_block(w: torch.Tensor, u: torch.Tensor, s: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """GPTQ's column loop over one block: w [N, c] float64 (a copy is updated), U's block [c, c],
     the scales s [N], the grid -> (w updated, quantized columns [N, c], scaled errors [N, c])."""
-    w, u, s, grid = (t.to(F64).contiguous().clone() if t is w else t.to(F64).contiguous() for t in (w, u, s, grid))
+    w = w.to(F64).clone(memory_format=torch.contiguous_format)  # updated in place by the library
+    u, s, grid = (t.to(F64).contiguous() for t in (u, s, grid))
     out, err = torch.empty_like(w), torch.empty_like(w)
     _lib().qpasses_gptq_block(w.shape[0], w.shape[1], _ptr(w), _ptr(u), _ptr(s), _ptr(grid), grid.numel(),
                               torch.get_num_threads(), _ptr(out), _ptr(err))
