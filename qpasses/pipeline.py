@@ -69,6 +69,7 @@ def _run(opts: Options, log, prof) -> dict:
 
     from qpasses import report as rep
     from qpasses.evaluate import measure
+    from qpasses.memory import map_large_blocks
     from qpasses.profiling import stage
 
     t_start = time.perf_counter()
@@ -79,6 +80,7 @@ def _run(opts: Options, log, prof) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
+    map_large_blocks()
 
     from qpasses.load import load_model
 

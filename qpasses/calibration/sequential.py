@@ -14,8 +14,6 @@ work: about one execution of every node up to the last group, whatever the numbe
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -24,6 +22,7 @@ from tqdm import tqdm
 
 from qpasses.calibration.collect_fx import Env, GraphRunner, batches, check_sites, check_windows, stats_hook
 from qpasses.calibration.stats import SiteStats, StatsSpec
+from qpasses.memory import release_free_memory
 from qpasses.profiling import stage
 
 
@@ -61,18 +60,6 @@ def first_reader(runner: GraphRunner, names: set[str], start: int) -> int:
     by_name = {n.name: n for n in runner.placeholders}
     nodes = [by_name[s.arg.name] for s in runner.program.graph_signature.input_specs if s.target in names]
     return min((runner.pos[u] for n in nodes for u in n.users if runner.pos[u] >= start), default=len(runner.order))
-
-
-def release_free_memory() -> None:
-    """Give the allocator's free pages back to the system (glibc's malloc_trim; elsewhere nothing).
-
-    Each group frees a solve's worth of mid-sized float64 buffers; glibc keeps them in its heap
-    and the next group's differently sized ones fragment it, so without this the resident size
-    grows layer after layer although nothing is still referenced."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
 
 
 def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, torch.fx.Node]], windows: torch.Tensor,

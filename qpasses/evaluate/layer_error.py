@@ -8,7 +8,8 @@ X   the site's float input as the current graph computes it (tap "float": after 
     rotation, before the activation quantizer), a uniform sample of `tokens` rows of the first
     WINDOWS held-out windows;
 Wf  the site's last float weight: the current one, or the copy kept before it was quantized (in a
-    temporary folder, memory-mapped: the probe adds no second copy of the weights to memory);
+    temporary folder, read back one site at a time: the probe adds no second copy of the weights
+    to memory, not even as mapped file pages, which count as resident once touched);
 Wq  the current (on-grid) weight once quantized, else Wf through the recipe's quantize_weights
     (or optimize_weights) format for that site, by round to nearest (Wf when the recipe has none);
 Qa  the quant_act in front of the linear, else the recipe's quantize_activations format for the
@@ -73,7 +74,7 @@ class LayerErrorProbe:
         self.table: dict[str, dict[str, float]] = {}
         self.seconds = 0.0  # time spent measuring
         self.active = False
-        self._float: dict[str, np.ndarray] = {}  # weight name -> float32 W while unquantized (memory-mapped)
+        self._float: dict[str, Path] = {}  # weight name -> its float32 W while unquantized, on disk
         self._spill: tempfile.TemporaryDirectory | None = None  # removed with the probe
         self._spilled = itertools.count()
         self._seen: Counter[str] = Counter()
@@ -124,10 +125,11 @@ class LayerErrorProbe:
         for site in sites:
             w = site.weight()
             if site.weight_name in ctx.quantized:
-                wf, wq = self._float.get(site.weight_name, w), w
+                kept = self._float.get(site.weight_name)
+                wf, wq = (w if kept is None else np.load(kept)), w
             else:
-                self._float[site.weight_name] = wf = self._keep(site.weight_name, w)
-                wq = wf
+                self._keep(site.weight_name, w)
+                wq = wf = w
                 if self.weights is not None:
                     wq = dequantize_weight(quantize_weight(wf, self.weights.settings_for(site, ctx).weight_format()))
             branch = graph.lowrank(site) if hasattr(graph, "lowrank") else None
@@ -136,14 +138,15 @@ class LayerErrorProbe:
                 out[site.name] = e
         return out
 
-    def _keep(self, name: str, w: np.ndarray) -> np.ndarray:
-        """A read-only copy of w on disk, memory-mapped: once a pass replaces the weight, the graph's
-        old tensor can be freed while E keeps its reference."""
+    def _keep(self, name: str, w: np.ndarray) -> None:
+        """A copy of w on disk (replacing the last one): once a pass replaces the weight, the graph's
+        old tensor is freed and E reads this copy back when it needs it."""
         if self._spill is None:
             self._spill = tempfile.TemporaryDirectory(prefix="qpasses-layer-error-")
-        path = Path(self._spill.name) / f"{next(self._spilled)}.npy"
-        np.save(path, w)
-        return np.load(path, mmap_mode="c")  # copy-on-write: writable for torch, never written
+        if name in self._float:
+            self._float[name].unlink()
+        self._float[name] = Path(self._spill.name) / f"{next(self._spilled)}.npy"
+        np.save(self._float[name], w)
 
     def _act_format(self, site, ctx) -> ActFormat | None:
         linear = _logits_node(site)

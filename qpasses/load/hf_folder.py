@@ -71,15 +71,36 @@ def read_config(folder: Path):
 
 
 def check_safetensors(path: Path) -> None:
-    """Parse a safetensors header; it fails on truncated or corrupt files."""
+    """Parse a safetensors header; it fails on corrupt files, and on truncated ones names the
+    first tensor whose bytes are missing."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             f.keys()
     except Exception as e:  # noqa: BLE001  (SafetensorError, OSError)
-        raise InputError(f"{path} is not a readable safetensors file ({first_line(e)}): it is corrupt or "
-                         f"truncated; copy or save it again") from e
+        cut = _first_truncated_tensor(path)
+        what = f"it is truncated (tensor {cut} is cut off)" if cut else "it is corrupt or truncated"
+        raise InputError(f"{path} is not a readable safetensors file ({first_line(e)}): {what}; "
+                         f"copy or save it again") from e
+
+
+def _first_truncated_tensor(path: Path) -> str | None:
+    """The tensor of a safetensors file whose data ends first beyond the end of the file, when
+    the header (8-byte length, then JSON) is readable; else None."""
+    try:
+        with path.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length)) if length < path.stat().st_size else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    available = path.stat().st_size - 8 - length
+    ends = {name: t["data_offsets"][1] for name, t in header.items()
+            if isinstance(t, dict) and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2}
+    cut = sorted((end, name) for name, end in ends.items() if end > available)
+    return cut[0][1] if cut else None
 
 
 def is_causal_lm(config) -> bool:

@@ -114,12 +114,23 @@ def test_folder_without_weights(tiny_folder):
         load_model(str(tiny_folder))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_corrupt_safetensors(tiny_folder, damage):
+@pytest.mark.parametrize("damage, says", [("truncated", r"truncated \(tensor \S+ is cut off\)"),
+                                          ("garbage", "corrupt or truncated")])
+def test_corrupt_safetensors(tiny_folder, damage, says):
     path = tiny_folder / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x07" * 64)
-    with pytest.raises(InputError, match="model.safetensors is not a readable safetensors file.*corrupt or truncated"):
+    with pytest.raises(InputError, match=f"model.safetensors is not a readable safetensors file.*{says}"):
+        load_model(str(tiny_folder))
+
+
+def test_truncated_safetensors_names_the_tensor_cut_off(tiny_folder):
+    path = tiny_folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-4])  # the tensor stored last loses its final bytes
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    last = max((t["data_offsets"][1], n) for n, t in header.items() if n != "__metadata__")[1]
+    with pytest.raises(InputError, match=rf"model.safetensors is not a readable safetensors file.*tensor {last} is cut off"):
         load_model(str(tiny_folder))
 
 
