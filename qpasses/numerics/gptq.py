@@ -56,7 +56,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, gr
     groups = group_order(diag, group, act_order)
     perm = torch.cat(groups)
     # Memory: with K = 8192 one [K, K] float64 matrix is 512 MiB, so H is permuted in one gather
-    # and at most two such matrices besides the caller's H are alive at a time.
+    # and factored in that buffer: LAPACK works in place on a column-major matrix, which hp.T is
+    # (H is symmetric), so the chain below allocates no second [K, K] matrix.
     hp = h[perm[:, None], perm[None, :]]
     hp[dead[perm], dead[perm]] = 1.0
     raw, start = [], 0  # the undamped diagonal blocks, for scales_for (groups are contiguous in perm)
@@ -64,16 +65,15 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, gr
         raw.append(hp[start:start + len(g), start:start + len(g)].clone())
         start += len(g)
     hp.diagonal().add_(damp * diag.mean())
+    u = hp.T
     try:
-        lower = torch.linalg.cholesky(hp)
-        del hp
-        inverse = torch.cholesky_inverse(lower)
-        del lower
-        u = torch.linalg.cholesky(inverse, upper=True)
-        del inverse
+        torch.linalg.cholesky(u, out=u)  # L, H = L Lᵀ
+        torch.cholesky_inverse(u, out=u)  # H⁻¹
+        torch.linalg.cholesky(u, upper=True, out=u)  # U, H⁻¹ = Uᵀ U
     except torch.linalg.LinAlgError:
         raise ValueError(f"H + {damp} · mean(diag H) is not positive definite; raise damp") from None
     wp = w[:, perm]
+    del w, hp
     out = torch.zeros_like(wp)
     scales = torch.ones(n, len(groups), dtype=F64)
     blocks, start = [], 0
@@ -96,7 +96,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, gr
                 wp[:, j:b] -= e[:, None] * u[j, j:b][None, :]
                 err[:, j - a] = e
         wp[:, b:] -= err @ u[a:b, b:]
-    result = torch.empty_like(out)
+    result = wp  # its values are spent: the buffer takes Ŵ in the original column order
     result[:, perm] = out
     order = torch.tensor([int(g.min()) // group for g in groups])
     by_group = torch.empty_like(scales)
