@@ -69,7 +69,6 @@ def _run(opts: Options, log, prof) -> dict:
 
     from qpasses import report as rep
     from qpasses.evaluate import measure
-    from qpasses.memory import map_large_blocks
     from qpasses.profiling import stage
 
     t_start = time.perf_counter()
@@ -80,7 +79,6 @@ def _run(opts: Options, log, prof) -> dict:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
-    map_large_blocks()
 
     from qpasses.load import load_model
 
