@@ -132,7 +132,12 @@ def _run(opts: Options, log, prof) -> dict:
             probe.after(g, ctx, result)
     manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log,
                           after_pass=after_pass if probe else None)
-    final, results = manager.run(graph, ctx)
+    # The manager holds the only reference: once it exports, stage A (the programs and their float
+    # weights, which lowering replaces in the ONNX graph) can be freed before lowering, write and
+    # the deployed model's evaluation.
+    handed = [graph]
+    del graph
+    final, results = manager.run(handed.pop(), ctx)
     metadata = provenance(recipe, results, loaded, ctx)
     with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
         with stage("write"):

@@ -38,9 +38,10 @@ class CalibrationSource:
         return self._windows
 
     def stats(self, graph, sites, spec: StatsSpec, heldout: bool = False, tap: str = "input",
-              limit: int | None = None) -> dict[str, SiteStats]:
+              limit: int | None = None, keep: bool = True) -> dict[str, SiteStats]:
         """Statistics of each site's input (keyed by site name) on `graph` as it is now, over the
         calibration windows (or the held-out ones; only the first `limit` windows when given).
+        keep=False: not cached (a one-off measurement whose token samples need not stay in memory).
 
         tap (stage A only) says which tensor in front of the linear is measured:
             input      what the linear reads
@@ -58,7 +59,8 @@ class CalibrationSource:
         if hit is not None:
             return hit
         stats = self._collect(graph, sites, windows, spec, tap)
-        self.cache.put(*key, stats)
+        if keep:
+            self.cache.put(*key, stats)
         return stats
 
     def invalidate(self) -> None:

@@ -120,7 +120,7 @@ class LayerErrorProbe:
         """E of every selected site of the graph as it is now (updates the float copies)."""
         sites = [s for s in select(graph.sites(), ctx.ignore) if _logits_node(s) is not None]
         spec = StatsSpec(moments=False, absmax=False, keep_tokens=self.tokens)
-        stats = ctx.calibration.stats(graph, sites, spec, heldout=True, tap="float", limit=WINDOWS)
+        stats = ctx.calibration.stats(graph, sites, spec, heldout=True, tap="float", limit=WINDOWS, keep=False)
         out = {}
         for site in sites:
             w = site.weight()

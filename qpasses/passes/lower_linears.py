@@ -64,6 +64,14 @@ def stored_codes(model, name: str, q) -> QuantizedWeight | None:
     return unpack_int_blocked(packed, q.fmt, q.shape)
 
 
+def _drop_unread(graph: ir.Graph) -> None:
+    """Remove the initializers nothing reads any more (the float weights the packed ops replaced)
+    now rather than when the deployment is saved: they hold the stage-A weights' memory."""
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and not value.is_graph_output():
+            graph.initializers.pop(name)
+
+
 def same_codes(a: QuantizedWeight, b: QuantizedWeight) -> bool:
     zp = (a.zero_points is None and b.zero_points is None) or np.array_equal(a.zero_points, b.zero_points)
     return np.array_equal(a.codes, b.codes) and np.array_equal(a.scales, b.scales) and zp
@@ -94,6 +102,7 @@ class LowerLinears(Pass):
                 if n:
                     counts[rule.name] += n
             per_graph[gname] = dict(counts)
+            _drop_unread(model.graph)
         first = next(iter(per_graph.values()))
         for gname, counts in per_graph.items():
             if counts != first:
