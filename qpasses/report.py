@@ -76,6 +76,7 @@ def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_sec
         "recipe": recipe.name,
         "recipe_description": recipe.description,
         "recipe_sha256": recipe.sha256,
+        "random_weights": loaded.source.get("random_weights"),
         "ppl_fp": ppl["fp"],
         "ppl_stage_a": ppl["stage_a"],
         "ppl_quant": ppl["quant"],
@@ -116,6 +117,8 @@ def render_markdown(r: dict) -> str:
         "",
         r["recipe_description"],
         "",
+        *([f"The model's weights are random ({r['random_weights']}): its perplexities mean nothing, they only "
+           "show whether the deployed file computes what stage A computes.", ""] if r.get("random_weights") else []),
         "| measure | value |",
         "|---|---|",
         f"| perplexity, float model | {_fmt(r['ppl_fp'])} |",

@@ -19,6 +19,7 @@ from qpasses.load.common import (LoadedModel, check_finite, combined_sha256, fir
                                  versions)
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+RANDOM_WEIGHTS = "random_weights"  # index metadata of a test model whose weights are random (models/llama_1b.py)
 
 
 def load(folder: Path, tokenizer: Path | None = None, name: str | None = None,
@@ -43,6 +44,8 @@ def load(folder: Path, tokenizer: Path | None = None, name: str | None = None,
         files = {p.name: sha256_file(p) for p in weights}
         source = {"type": "hf-folder", "path": str(folder.resolve()), "files": files, "sha256": combined_sha256(files)}
     source = {**source, "class": type(model).__name__, "versions": versions()}
+    if random := index_metadata(folder).get(RANDOM_WEIGHTS):
+        source[RANDOM_WEIGHTS] = random
     if tokenizer is not None:
         source["tokenizer"] = str(tokenizer.resolve())
     return LoadedModel(name=name or folder.resolve().name, kind="torch", model=model, onnx_path=None,
@@ -68,6 +71,15 @@ def read_config(folder: Path):
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001  (config classes raise ValueError, KeyError, TypeError...)
         raise InputError(f"cannot read {path}: {first_line(e)}") from e
+
+
+def index_metadata(folder: Path) -> dict:
+    """The "metadata" of the folder's model.safetensors.index.json ({} without a readable one)."""
+    try:
+        meta = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8")).get("metadata")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def check_safetensors(path: Path) -> None:

@@ -158,3 +158,21 @@ def test_error_messages_are_one_line(tiny_folder):
     with pytest.raises(InputError) as e:
         load_model(str(tiny_folder))
     assert "\n" not in str(e.value)
+
+
+def test_a_random_weights_model_is_marked_in_source_and_report(tiny_folder):
+    from qpasses.load.hf_folder import RANDOM_WEIGHTS
+    from qpasses.report import render_markdown
+
+    names = list(load_file(str(tiny_folder / "model.safetensors")))
+    index = {"metadata": {RANDOM_WEIGHTS: "seeded (0) by a test"}, "weight_map": dict.fromkeys(names, "model.safetensors")}
+    (tiny_folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    loaded = load_model(str(tiny_folder))
+    assert loaded.source[RANDOM_WEIGHTS] == "seeded (0) by a test"
+    report = {"model": loaded.name, "recipe": "r", "recipe_description": "d", RANDOM_WEIGHTS: "seeded (0) by a test",
+              "ppl_fp": None, "ppl_stage_a": 5.0, "ppl_quant": 5.0, "ort": "-", "eval_tokens": 10, "eval_windows": 2,
+              "onnx_bytes": 1, "fp32_onnx_bytes": 8, "bits_per_weight": 4.0, "quantize_seconds": 1.0,
+              "total_seconds": 2.0, "peak_rss_bytes": 2**30, "passes": [], "versions": {}}
+    assert "weights are random (seeded (0) by a test): its perplexities mean nothing" in render_markdown(report)
+    del report[RANDOM_WEIGHTS]
+    assert "random" not in render_markdown(report)
