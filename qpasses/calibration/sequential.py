@@ -54,6 +54,12 @@ def changed(program: ExportedProgram, held: Mapping[str, object]) -> set[str]:
     return {name for name, value in now.items() if held.get(name) is not value}
 
 
+def read_by(runner: GraphRunner, nodes) -> set[str]:
+    """Names of the program inputs (parameters, buffers, constants) that `nodes` read directly."""
+    targets = {s.arg.name: s.target for s in runner.program.graph_signature.input_specs if s.target is not None}
+    return {targets[a.name] for n in nodes for a in n.all_input_nodes if a.op == "placeholder" and a.name in targets}
+
+
 def first_reader(runner: GraphRunner, names: set[str], start: int) -> int:
     """The earliest position >= start of a node reading one of the named program inputs
     (len(order) when none does)."""
@@ -64,7 +70,7 @@ def first_reader(runner: GraphRunner, names: set[str], start: int) -> int:
 
 def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, torch.fx.Node]], windows: torch.Tensor,
                      spec: StatsSpec, process: Callable[[int, dict[str, SiteStats]], None],
-                     batch_size: int = 4, progress: bool = True, resume_at: int = 0) -> None:
+                     batch_size: int = 4, progress: bool = True, resume_at: int = 0, own_edits: bool = False) -> None:
     """Call `process(i, stats_i)` for each group in order, where stats_i are the statistics of
     group i's sites (site name -> SiteStats over windows[n, L], all-ones mask) measured after
     process(0..i-1) ran. With `resume_at` > 0, groups before it count as processed already (a
@@ -83,6 +89,15 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
     down_proj output, 2 x [L, H], the rotary tables [L, head_dim] and the attention mask [L, L]
     per window, about 8·L·H + L² bytes in fp32, twice), plus one batch's activations inside one
     segment, plus one group's statistics.
+
+    own_edits=True is a promise that process(i) edits only parameters that group i's own nodes
+    read, or that only nodes after its segment read (a solve's weights; a branch behind the last
+    linear). Then which of the two points the propagation needs is known before the solve, and
+    only that one is kept through it: the boundary when a group node before the last one reads
+    what process edits (q/k/v, gate/up: the segment runs again), else the values before the last
+    node (o_proj, down_proj: the boundary, which for down_proj holds the gate and up outputs,
+    2 x [L, intermediate] a window, is dropped as the measuring run consumes it). A process that
+    breaks the promise is an error.
     """
     runner = GraphRunner(program)
     by_node = [check_sites(program, g) for g in groups]
@@ -108,20 +123,31 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
         stats = {name: SiteStats(spec) for name in groups[i]}
         hook = stats_hook(stats, by_node[i])
         last = runner.order[end]
+        # without the promise both points are kept, and the solve's edits decide which one is used
+        rerun_planned = own_edits and first_reader(runner, read_by(runner, groups[i].values()), start) < end
+        keep_boundary = rerun_planned or not own_edits
         before_last = []  # per batch: the values live just before the segment's last node
         with torch.no_grad(), stage("forward"):
-            for ids, live in zip(chunks, boundary):
-                env = {**runner.inputs(ids), **live}
+            for b, ids in enumerate(chunks):
+                env = {**runner.inputs(ids), **boundary[b]}
+                if not keep_boundary:
+                    boundary[b] = {}  # env holds them now, and lets each go after its last use
                 runner.run_range(start, end - 1, env, hook)
                 hook(last, env)
-                before_last.append({n: v for n, v in env.items() if n.op != "placeholder"})
+                if not rerun_planned:
+                    before_last.append({n: v for n, v in env.items() if n.op != "placeholder"})
+                del env
         bar.set_postfix_str(f"{site}: solving")
         held = {**program.state_dict, **program.constants}
         process(i, stats)  # outside no_grad: it may train (learned scales)
         if i + 1 < len(spans):
             bar.set_postfix_str(f"{site}: propagating")
             keep = live_after(runner, end)
-            rerun = first_reader(runner, changed(program, held), start) < end
+            edited = changed(program, held)
+            rerun = rerun_planned or first_reader(runner, edited, start) < end
+            if rerun and not keep_boundary:
+                raise RuntimeError(f"group {i}: process edited {sorted(edited)}, read before the segment's last node "
+                                   "but not by the group's own nodes, after promising own_edits")
             with torch.no_grad(), stage("forward"):
                 for b, ids in enumerate(chunks):
                     env = {**runner.inputs(ids), **(boundary[b] if rerun else before_last[b])}

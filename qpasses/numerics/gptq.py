@@ -47,11 +47,10 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, gr
     `lazy` columns when the whole row is one group. The column loop inside a block runs compiled
     (numerics.native, the same bits) when built and `compiled`; this torch loop is its reference.
     """
-    w, h = w.to(F64).clone(), h.to(F64)
+    w, h = w.to(F64), h.to(F64)
     n, k = w.shape
     group = min(group, k)
     dead = h.diagonal() == 0
-    w[:, dead] = 0.0
     diag = torch.where(dead, 1.0, h.diagonal())
     groups = group_order(diag, group, act_order)
     perm = torch.cat(groups)
@@ -72,7 +71,8 @@ def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, gr
         torch.linalg.cholesky(u, upper=True, out=u)  # U, H⁻¹ = Uᵀ U
     except torch.linalg.LinAlgError:
         raise ValueError(f"H + {damp} · mean(diag H) is not positive definite; raise damp") from None
-    wp = w[:, perm]
+    wp = w[:, perm]  # a copy: the caller's W is not written
+    wp[:, dead[perm]] = 0.0
     del w, hp
     out = torch.zeros_like(wp)
     scales = torch.ones(n, len(groups), dtype=F64)

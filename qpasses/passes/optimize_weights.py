@@ -322,7 +322,7 @@ class OptimizeWeights(Pass):
             resumed += 1
         if resumed:
             ctx.checkpoint.log(f"  {self.name}: resuming after {resumed} of {len(ordered)} groups ({store.folder})")
-        layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx), resume_at=resumed)
+        layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx), resume_at=resumed, own_edits=True)
         for solved in later:
             _apply(graph, *solved, ctx)
 

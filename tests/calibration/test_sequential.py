@@ -44,7 +44,8 @@ def assert_same(a, b):
     torch.testing.assert_close(a.quantile(0.99), b.quantile(0.99), rtol=0, atol=1e-6)
 
 
-def test_each_group_sees_the_already_processed_model(tiny, restore, monkeypatch):
+@pytest.mark.parametrize("own_edits", [False, True])
+def test_each_group_sees_the_already_processed_model(tiny, restore, monkeypatch, own_edits):
     ep, groups = tiny.ep, tiny.layers
     originals = dict(ep.state_dict)
     unprocessed = collect_fx(ep, tiny.sites, tiny.windows, SPEC, progress=False)
@@ -56,7 +57,7 @@ def test_each_group_sees_the_already_processed_model(tiny, restore, monkeypatch)
         scale(ep, groups[i], SCALE[i])
 
     runs = count_node_runs(monkeypatch)
-    layer_sequential(ep, groups, tiny.windows, SPEC, process, batch_size=4, progress=False)
+    layer_sequential(ep, groups, tiny.windows, SPEC, process, batch_size=4, progress=False, own_edits=own_edits)
     assert sorted(seen) == [0, 1, 2]
     monkeypatch.undo()
 
@@ -79,7 +80,8 @@ def test_each_group_sees_the_already_processed_model(tiny, restore, monkeypatch)
     assert runs["n"] == (sum(n - 1 for n in nodes) + sum(nodes[:-1])) * n_batches
 
 
-def test_an_edit_of_the_last_node_only_costs_that_node(tiny, restore, monkeypatch):
+@pytest.mark.parametrize("own_edits", [False, True])
+def test_an_edit_of_the_last_node_only_costs_that_node(tiny, restore, monkeypatch, own_edits):
     # One group per linear: each segment ends at its linear, and processing edits only that
     # linear's weight, so after collecting, the segment's last node alone runs again.
     ep = tiny.ep
@@ -93,7 +95,7 @@ def test_an_edit_of_the_last_node_only_costs_that_node(tiny, restore, monkeypatc
 
     originals = dict(ep.state_dict)
     runs = count_node_runs(monkeypatch)
-    layer_sequential(ep, groups, tiny.windows, SPEC, process, batch_size=4, progress=False)
+    layer_sequential(ep, groups, tiny.windows, SPEC, process, batch_size=4, progress=False, own_edits=own_edits)
     monkeypatch.undo()
     runner = GraphRunner(ep)
     nodes = [sum(runner.order[p].op != "placeholder" for p in range(a, b + 1)) for a, b in segments(runner, groups)]
@@ -102,6 +104,21 @@ def test_an_edit_of_the_last_node_only_costs_that_node(tiny, restore, monkeypatc
     for i, group in enumerate(groups):  # the same statistics as a fresh collection on the processed model
         assert_same(seen[i][next(iter(group))], collect_fx(ep, group, tiny.windows, SPEC, progress=False)[next(iter(group))])
         scale(ep, group, 1.25 + 0.1 * i)
+
+
+def test_own_edits_is_a_promise_that_is_checked(tiny, restore):
+    # One group per linear: the first segment runs the input norm before q_proj, so a process
+    # that edits the norm's weight edits what the group's own node does not read.
+    ep = tiny.ep
+    order = {n: i for i, n in enumerate(ep.graph.nodes)}
+    groups = [{fqn: node} for fqn, node in sorted(tiny.sites.items(), key=lambda kv: order[kv[1]])]
+    norm = next(k for k in ep.state_dict if "layers.0.input_layernorm" in k)
+
+    def process(i, stats):
+        ep.state_dict[norm] = ep.state_dict[norm] * 1.5
+
+    with pytest.raises(RuntimeError, match="input_layernorm.*own_edits"):
+        layer_sequential(ep, groups, tiny.windows, SPEC, process, batch_size=4, progress=False, own_edits=True)
 
 
 def test_groups_must_follow_each_other(tiny):

@@ -1,0 +1,27 @@
+"""What a run lets go of: stage A (the torch programs and their float weights) once it is
+exported, and the float initializers the packed ops replaced as soon as lowering is done."""
+
+import gc
+import weakref
+
+from qpasses import pipeline
+from qpasses.passes import lower_linears
+
+
+def test_stage_a_and_replaced_float_weights_are_freed_before_the_deployment_is_written(tmp_path, monkeypatch):
+    exported, checked = [], []
+    to_stage_b, drop_unread = pipeline.to_stage_b, lower_linears._drop_unread
+
+    def export(fx_graph):
+        exported.append(weakref.ref(fx_graph))
+        return to_stage_b(fx_graph)
+
+    def after_lowering(graph):
+        drop_unread(graph)
+        gc.collect()
+        checked.append((exported[0]() is None, [n for n, v in graph.initializers.items() if not v.uses()]))
+
+    monkeypatch.setattr(pipeline, "to_stage_b", export)
+    monkeypatch.setattr(lower_linears, "_drop_unread", after_lowering)
+    pipeline.compile("tiny-llama", "int4-w4a16-rtn", tmp_path / "out", no_eval=True, progress=False)
+    assert checked and all(freed and not unread for freed, unread in checked)
