@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from qpasses.calibration.collect_fx import Env, GraphRunner, batches, check_sites, check_windows, stats_hook
 from qpasses.calibration.stats import SiteStats, StatsSpec
-from qpasses.memory import release_free_memory, solve_heap
+from qpasses.memory import release_free_memory
 from qpasses.profiling import stage
 
 
@@ -139,8 +139,7 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
                 del env
         bar.set_postfix_str(f"{site}: solving")
         held = {**program.state_dict, **program.constants}
-        with solve_heap():
-            process(i, stats)  # outside no_grad: it may train (learned scales)
+        process(i, stats)  # outside no_grad: it may train (learned scales)
         if i + 1 < len(spans):
             bar.set_postfix_str(f"{site}: propagating")
             keep = live_after(runner, end)
