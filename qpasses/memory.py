@@ -1,12 +1,13 @@
 """The C heap of a long run: freed memory goes back to the system.
 
 A layer-sequential solve allocates and frees, group after group, float64 buffers of a few MiB
-whose sizes change with the layer. glibc keeps freed heap memory for reuse, and the next group's
-differently sized buffers fragment it, so without a trim the resident size grows layer after
-layer although nothing is referenced any more. Each group ends with `release_free_memory`.
+whose sizes change with the layer. glibc keeps freed heap memory for reuse, so each group ends
+with `release_free_memory`.
 
-(A fixed mmap threshold, which maps every block above it on its own, was tried and dropped: at
-4 MiB it made SmolLM2's forwards 25% slower, the page faults of every activation buffer.)
+Still open: on the 1B model the resident size grows by about 0.26 GiB a decoder layer (SmolLM2:
+0.9 GB over a run) while the torch tensors reachable from Python do not. A fixed 4 MiB mmap
+threshold for the whole run removed that growth (on 4 layers of the 1B shape) but made SmolLM2's
+forwards 25% slower; the same threshold during solves only did not remove it (docs/scaling.md).
 """
 
 from __future__ import annotations
