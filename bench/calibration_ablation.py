@@ -107,12 +107,14 @@ def write_doc(args) -> None:
         raise SystemExit(f"no saved runs under {RUNS}; run without --table-only first")
     md = ["# Calibration windows of the weight solve (`optimize_weights.windows`)", "",
           f"* command: `.venv/bin/python bench/calibration_ablation.py` (runs in bench/results/calibration/); each "
-          f"point: `qpasses run {' '.join(command('RECIPE', 'N', args))}`", "* cells: ORT perplexity of the deployed model.onnx on "
+          f"point: `qpasses run {' '.join(command('RECIPE', 'N', args))}`",
+          "* cells: ORT perplexity of the deployed model.onnx on "
           f"{points[0]['eval_windows']} x 512 evaluation windows (above the recipe's best); bold: the fewest windows "
           f"within {args.tolerance:.1%} of the best; times are not compared here (the runs shared the machine with "
           "others), they are in each run's saved report",
           "* what the window count costs: the solve's forwards and Gram statistics grow linearly with it "
-          "(53 s of SmolLM2's 222 s quantize time at 32 windows, docs/scale.md)", "", *table(points, args.tolerance), "",
+          "(53 s of SmolLM2's 222 s quantize time at 32 windows, docs/scale.md)",
+          "", *table(points, args.tolerance), "",
           "![perplexity against windows](calibration_ablation.png)", ""]
     args.out.mkdir(parents=True, exist_ok=True)
     plot(points, args.out / "calibration_ablation.png")
@@ -124,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=list(COMPOSED), help="recipes (default: the composed ones)")
-    ap.add_argument("--windows", nargs="+", type=int, default=[8, 16, 32, 64], help="window counts (default 8 16 32 64)")
+    ap.add_argument("--windows", nargs="+", type=int, default=[8, 16, 32, 64],
+                    help="window counts (default 8 16 32 64)")
     ap.add_argument("--eval-windows", type=int, default=80, help="evaluation windows of 512 tokens (default 80)")
     ap.add_argument("--threads", type=int, default=2, help="threads of each run (default 2)")
     ap.add_argument("--tolerance", type=float, default=0.005, help="relative perplexity margin (default 0.005)")
