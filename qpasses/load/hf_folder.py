@@ -101,14 +101,15 @@ def _first_truncated_tensor(path: Path) -> str | None:
     """The tensor of a safetensors file whose data ends first beyond the end of the file, when
     the header (8-byte length, then JSON) is readable; else None."""
     try:
+        size = path.stat().st_size
         with path.open("rb") as f:
             length = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(length)) if length < path.stat().st_size else None
+            header = json.loads(f.read(length)) if length < size else None
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     if not isinstance(header, dict):
         return None
-    available = path.stat().st_size - 8 - length
+    available = size - 8 - length
     ends = {name: t["data_offsets"][1] for name, t in header.items()
             if isinstance(t, dict) and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2}
     cut = sorted((end, name) for name, end in ends.items() if end > available)
