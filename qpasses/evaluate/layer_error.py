@@ -25,6 +25,8 @@ when the first measurement fails (e.g. a model whose context is shorter than the
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -42,6 +44,7 @@ from qpasses.formats.spec import ActFormat
 from qpasses.ir.sites import select
 from qpasses.numerics.fake_quant import fake_quant_activation
 
+SPILL_PREFIX = "qpasses-layer-error-"  # + the owning process id + "-"
 REL_CHANGE = 1e-6
 WINDOWS = 2  # held-out windows measured (2 x 512 tokens on SmolLM2: one forward batch per pass)
 
@@ -142,7 +145,8 @@ class LayerErrorProbe:
         """A copy of w on disk (replacing the last one): once a pass replaces the weight, the graph's
         old tensor is freed and E reads this copy back when it needs it."""
         if self._spill is None:
-            self._spill = tempfile.TemporaryDirectory(prefix="qpasses-layer-error-")
+            remove_stale_spills()
+            self._spill = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
         if name in self._float:
             self._float[name].unlink()
         self._float[name] = Path(self._spill.name) / f"{next(self._spilled)}.npy"
@@ -154,6 +158,28 @@ class LayerErrorProbe:
         if q is not linear:
             return ActFormat(q.args[1], q.args[2])
         return None if self.acts is None else self.acts.settings_for(site, ctx).act_format()
+
+
+def remove_stale_spills(root: str | Path | None = None) -> list[Path]:
+    """Remove the spill folders of probes whose process is gone (a killed run cannot remove its
+    own: on the 1B model one holds 4.3 GB); returns what was removed."""
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*"):
+        pid = folder.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _logits_node(site):
