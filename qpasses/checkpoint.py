@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 KEY_FILE = "key.json"
+SCRATCH = "scratch"  # values a run keeps in mapped files (qpasses.offload), unlinked at once
 
 
 def partial_dir(out: Path) -> Path:
@@ -37,6 +38,8 @@ class Checkpoint:
         self.folder, self.log = Path(folder), log
         self.key = {**key, "digest": hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}
         found = self.folder / KEY_FILE
+        if self.folder.exists() and not found.is_file() and {p.name for p in self.folder.iterdir()} <= {SCRATCH}:
+            shutil.rmtree(self.folder)  # only the scratch folder of a run that saved nothing: no checkpoint
         if self.folder.exists():
             try:
                 old = json.loads(found.read_text())
@@ -46,6 +49,11 @@ class Checkpoint:
                 differs = sorted(k for k in key if old.get(k) != key[k]) or ["its key file"]
                 log(f"checkpoint {self.folder} belongs to another run ({', '.join(differs)} differ); starting over")
                 shutil.rmtree(self.folder)
+
+    @property
+    def scratch(self) -> Path:
+        """A folder on the output's disk for mapped files (removed with the checkpoint)."""
+        return self.folder / SCRATCH
 
     def pass_dir(self, index: int, name: str) -> Path:
         """The folder of the recipe's pass `index` (the checkpoint folder and its key are written

@@ -25,6 +25,10 @@ def _libc():
 
 
 def release_free_memory() -> None:
-    """Give the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing)."""
+    """Give the heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing), and
+    the read pages of values kept in mapped files (`qpasses.offload`)."""
+    from qpasses import offload
+
+    offload.release()
     if (libc := _libc()) is not None:
         libc.malloc_trim(0)

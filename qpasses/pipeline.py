@@ -20,6 +20,7 @@ from pathlib import Path
 from qpasses.calibration.source import CalibrationSource
 from qpasses.checkpoint import Checkpoint, partial_dir
 from qpasses.errors import InputError
+from qpasses.memory import release_free_memory
 from qpasses.export.deploy import check_destination, staged
 from qpasses.passes.base import Context
 from qpasses.passes.manager import PassManager
@@ -93,7 +94,8 @@ def _run(opts: Options, log, prof) -> dict:
     checkpoint = Checkpoint(partial_dir(out), resume_key(opts, recipe, loaded), log)
     ctx = Context(ignore=recipe.ignore, overrides=recipe.overrides, seed=opts.seed, checkpoint=checkpoint,
                   calibration=CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed,
-                                                progress=opts.progress))
+                                                progress=opts.progress),
+                  scratch=checkpoint.scratch)
     ppl = {"fp": None, "stage_a": None, "quant": None}
     with stage("evaluate"):
         if loaded.kind == "torch":
@@ -117,6 +119,7 @@ def _run(opts: Options, log, prof) -> dict:
         t = time.perf_counter()
         with stage("evaluate"):
             ppl["stage_a"] = evaluator.torch_program(fx_graph.programs.logits, "stage A")
+        release_free_memory()  # the offloaded weights it read
         t_eval["seconds"] += time.perf_counter() - t
 
     probe = None
@@ -128,10 +131,12 @@ def _run(opts: Options, log, prof) -> dict:
             probe.start(graph, ctx)
 
     def after_pass(g, result):
-        with stage("layer_error"):
-            probe.after(g, ctx, result)
+        if probe:
+            with stage("layer_error"):
+                probe.after(g, ctx, result)
+        release_free_memory()  # e.g. the offloaded weights a postcondition read
     manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log,
-                          after_pass=after_pass if probe else None)
+                          after_pass=after_pass)
     # The manager holds the only reference: once it exports, stage A (the programs and their float
     # weights, which lowering replaces in the ONNX graph) can be freed before lowering, write and
     # the deployed model's evaluation.

@@ -8,8 +8,8 @@ X   the site's float input as the current graph computes it (tap "float": after 
     rotation, before the activation quantizer), a uniform sample of `tokens` rows of the first
     WINDOWS held-out windows;
 Wf  the site's last float weight: the current one, or the copy kept before it was quantized (in a
-    temporary folder, read back one site at a time: the probe adds no second copy of the weights
-    to memory, not even as mapped file pages, which count as resident once touched);
+    mapped file, qpasses.offload, whose pages are given back after each measurement: the probe
+    adds no second copy of the weights to memory);
 Wq  the current (on-grid) weight once quantized, else Wf through the recipe's quantize_weights
     (or optimize_weights) format for that site, by round to nearest (Wf when the recipe has none);
 Qa  the quant_act in front of the linear, else the recipe's quantize_activations format for the
@@ -24,13 +24,8 @@ when the first measurement fails (e.g. a model whose context is shorter than the
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
@@ -43,8 +38,8 @@ from qpasses.formats import dequantize_weight, quantize_weight
 from qpasses.formats.spec import ActFormat
 from qpasses.ir.sites import select
 from qpasses.numerics.fake_quant import fake_quant_activation
+from qpasses.offload import release, to_file
 
-SPILL_PREFIX = "qpasses-layer-error-"  # + the owning process id + "-"
 REL_CHANGE = 1e-6
 WINDOWS = 2  # held-out windows measured (2 x 512 tokens on SmolLM2: one forward batch per pass)
 
@@ -77,9 +72,7 @@ class LayerErrorProbe:
         self.table: dict[str, dict[str, float]] = {}
         self.seconds = 0.0  # time spent measuring
         self.active = False
-        self._float: dict[str, Path] = {}  # weight name -> its float32 W while unquantized, on disk
-        self._spill: tempfile.TemporaryDirectory | None = None  # removed with the probe
-        self._spilled = itertools.count()
+        self._float: dict[str, torch.Tensor] = {}  # weight name -> its float32 W while unquantized, mapped
         self._seen: Counter[str] = Counter()
         self._state = None
 
@@ -129,9 +122,9 @@ class LayerErrorProbe:
             w = site.weight()
             if site.weight_name in ctx.quantized:
                 kept = self._float.get(site.weight_name)
-                wf, wq = (w if kept is None else np.load(kept)), w
+                wf, wq = (w if kept is None else kept.numpy()), w
             else:
-                self._keep(site.weight_name, w)
+                self._keep(site.weight_name, w, ctx.scratch)
                 wq = wf = w
                 if self.weights is not None:
                     wq = dequantize_weight(quantize_weight(wf, self.weights.settings_for(site, ctx).weight_format()))
@@ -139,18 +132,13 @@ class LayerErrorProbe:
             e = layer_error(stats[site.name].tokens, wf, wq, self._act_format(site, ctx), branch)
             if e is not None:
                 out[site.name] = e
+            release()  # the mapped pages this site's weights touched
         return out
 
-    def _keep(self, name: str, w: np.ndarray) -> None:
-        """A copy of w on disk (replacing the last one): once a pass replaces the weight, the graph's
-        old tensor is freed and E reads this copy back when it needs it."""
-        if self._spill is None:
-            remove_stale_spills()
-            self._spill = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
-        if name in self._float:
-            self._float[name].unlink()
-        self._float[name] = Path(self._spill.name) / f"{next(self._spilled)}.npy"
-        np.save(self._float[name], w)
+    def _keep(self, name: str, w: np.ndarray, folder) -> None:
+        """A copy of w in a mapped file (replacing the last one): once a pass replaces the weight,
+        the graph's old tensor is freed and E reads this copy."""
+        self._float[name] = to_file(torch.from_numpy(w), folder)
 
     def _act_format(self, site, ctx) -> ActFormat | None:
         linear = _logits_node(site)
@@ -158,28 +146,6 @@ class LayerErrorProbe:
         if q is not linear:
             return ActFormat(q.args[1], q.args[2])
         return None if self.acts is None else self.acts.settings_for(site, ctx).act_format()
-
-
-def remove_stale_spills(root: str | Path | None = None) -> list[Path]:
-    """Remove the spill folders of probes whose process is gone (a killed run cannot remove its
-    own: on the 1B model one holds 4.3 GB); returns what was removed."""
-    removed = []
-    for folder in Path(root or tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*"):
-        pid = folder.name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _logits_node(site):

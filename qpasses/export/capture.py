@@ -111,6 +111,15 @@ class Programs:
         for ep, key in self._keys(fqn):
             ep.state_dict[key] = new
 
+    def offload(self, fqn: str, folder=None) -> None:
+        """Keep a parameter (and every tied alias) in a mapped file from now on (qpasses.offload):
+        the same values, resident only while read. For a weight whose value is final."""
+        from qpasses.offload import to_file
+
+        new = torch.nn.Parameter(to_file(self.parameter(fqn), folder), requires_grad=False)
+        for ep, key in self._keys(fqn):
+            ep.state_dict[key] = new
+
     def linear_nodes(self) -> dict[str, list[tuple[str, torch.fx.Node]]]:
         """Module name -> [(program name, aten.linear node)] for every linear whose weight is a
         parameter placeholder. The module name comes from the node's module stack."""

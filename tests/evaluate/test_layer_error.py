@@ -5,7 +5,6 @@ it lands in report.json."""
 from __future__ import annotations
 
 import copy
-import os
 import json
 import math
 from types import SimpleNamespace
@@ -184,20 +183,3 @@ def test_a_low_rank_branch_counts_as_part_of_the_weight():
     got = layer_error(x, wf, wq, None, (left, right))
     assert got == pytest.approx(by_hand(x, wf, (wq + (left @ right).T).astype(np.float64)), rel=1e-9)
     assert got != pytest.approx(layer_error(x, wf, wq), rel=1e-3)
-
-
-def test_spill_folders_of_dead_processes_are_removed(tmp_path):
-    import subprocess
-    import sys
-
-    from qpasses.evaluate.layer_error import SPILL_PREFIX, remove_stale_spills
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"{SPILL_PREFIX}{int(dead.stdout)}-abc"
-    live = tmp_path / f"{SPILL_PREFIX}{os.getpid()}-def"
-    other = tmp_path / "unrelated"
-    for folder in (stale, live, other):
-        folder.mkdir()
-        (folder / "0.npy").write_bytes(b"x")
-    assert remove_stale_spills(tmp_path) == [stale]
-    assert not stale.exists() and live.exists() and other.exists()

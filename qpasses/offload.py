@@ -1,0 +1,59 @@
+"""Values kept in mapped files: resident only while they are read.
+
+A layer-sequential pass finishes one group of weights at a time, and nothing reads them again
+until the stage-A evaluation and the export, which read each once. `to_file` moves a tensor's
+values into an unlinked temporary file mapped shared: the same values under the same shape and
+dtype, but its pages count as resident only once touched, and `release` gives the touched ones
+back (madvise DONTNEED: a later read faults them in again from the file). The file is unlinked
+before it is mapped, so a killed run leaves none behind; the kernel frees it with the last
+mapping, when the tensor is freed.
+
+The folder must be on a disk: a tmpfs /tmp (Debian 13's default) would hold the values in memory
+again, so the pipeline passes one beside the output folder (`<out>.partial/scratch`).
+"""
+
+from __future__ import annotations
+
+import mmap
+import tempfile
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_mapped: list[weakref.ref] = []  # every live mapping made by to_file
+
+
+def to_file(t: torch.Tensor, folder: str | Path | None = None) -> torch.Tensor:
+    """A tensor equal to `t` (same dtype, shape, values) whose storage is a mapped file in
+    `folder` (created if missing; None: the system's temporary folder)."""
+    t = t.detach().contiguous()
+    if t.numel() == 0:
+        return t.clone()
+    raw = t.view(torch.uint8).reshape(-1).numpy()
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder) as f:
+        f.write(memoryview(raw))
+        f.flush()
+        mm = mmap.mmap(f.fileno(), raw.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    _mapped[:] = [r for r in _mapped if r() is not None]
+    _mapped.append(weakref.ref(mm))
+    return torch.from_numpy(np.frombuffer(mm, np.uint8)).view(t.dtype).view(t.shape)
+
+
+def release() -> int:
+    """Drop the resident pages of every live mapping (their values stay in the files);
+    returns the bytes mapped."""
+    total = 0
+    for ref in _mapped:
+        if (mm := ref()) is not None:
+            mm.madvise(mmap.MADV_DONTNEED)
+            total += len(mm)
+    return total
+
+
+def mapped_bytes() -> int:
+    """Bytes held in live mappings (resident or not)."""
+    return sum(len(mm) for ref in _mapped if (mm := ref()) is not None)

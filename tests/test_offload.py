@@ -1,0 +1,46 @@
+"""qpasses.offload: values in mapped files are the same values, resident only while read, and
+leave no file behind."""
+
+import gc
+
+import pytest
+import torch
+
+from qpasses import offload
+
+
+def resident_file_bytes() -> int:
+    """Resident pages of this process that are file or shared-memory backed (bytes)."""
+    fields = {}
+    for line in open("/proc/self/status"):
+        name, _, value = line.partition(":")
+        fields[name] = value.split()
+    return sum(int(fields[k][0]) * 1024 for k in ("RssFile", "RssShmem") if k in fields)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8, torch.float64])
+def test_to_file_keeps_dtype_shape_and_values_and_leaves_no_file(dtype, tmp_path):
+    t = (torch.randn(37, 5, generator=torch.Generator().manual_seed(0)) * 9).to(dtype)
+    mapped = offload.to_file(t, tmp_path / "scratch")
+    assert mapped.dtype == dtype and mapped.shape == t.shape and torch.equal(mapped, t)
+    assert list((tmp_path / "scratch").iterdir()) == []  # unlinked once mapped
+    offload.release()
+    assert torch.equal(mapped, t)  # pages given back are read again from the file
+
+
+def test_empty_tensor_is_copied():
+    assert offload.to_file(torch.empty(0, 3)).shape == (0, 3)
+
+
+def test_released_pages_stop_counting_and_a_freed_tensor_unmaps(tmp_path):
+    before = offload.mapped_bytes()
+    mapped = offload.to_file(torch.ones(16 << 20, dtype=torch.float32), tmp_path)  # 64 MiB
+    assert offload.mapped_bytes() - before == 64 << 20
+    assert float(mapped.sum()) == 16 << 20  # touches every page
+    touched = resident_file_bytes()
+    offload.release()
+    assert touched - resident_file_bytes() > 48 << 20
+    del mapped
+    gc.collect()
+    assert offload.mapped_bytes() == before
+
