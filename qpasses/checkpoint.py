@@ -50,11 +50,6 @@ class Checkpoint:
                 log(f"checkpoint {self.folder} belongs to another run ({', '.join(differs)} differ); starting over")
                 shutil.rmtree(self.folder)
 
-    @property
-    def scratch(self) -> Path:
-        """A folder on the output's disk for mapped files (removed with the checkpoint)."""
-        return self.folder / SCRATCH
-
     def pass_dir(self, index: int, name: str) -> Path:
         """The folder of the recipe's pass `index` (the checkpoint folder and its key are written
         when a pass first saves, so a run that saves nothing leaves nothing)."""

@@ -9,11 +9,12 @@ before it is mapped, so a killed run leaves none behind; the kernel frees it wit
 mapping, when the tensor is freed.
 
 The folder must be on a disk: a tmpfs /tmp (Debian 13's default) would hold the values in memory
-again, so the pipeline passes one beside the output folder (`<out>.partial/scratch`).
+again, so the pipeline runs inside `scratch(<out>.partial/scratch)`, beside the output folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import tempfile
 import weakref
@@ -23,15 +24,28 @@ import numpy as np
 import torch
 
 _mapped: list[weakref.ref] = []  # every live mapping made by to_file
+_folders: list[Path] = []  # the scratch folders in effect, innermost last
+
+
+@contextlib.contextmanager
+def scratch(folder: str | Path):
+    """Within the block, `to_file` without a folder writes into `folder`."""
+    _folders.append(Path(folder))
+    try:
+        yield
+    finally:
+        _folders.pop()
 
 
 def to_file(t: torch.Tensor, folder: str | Path | None = None) -> torch.Tensor:
     """A tensor equal to `t` (same dtype, shape, values) whose storage is a mapped file in
-    `folder` (created if missing; None: the system's temporary folder)."""
+    `folder` (created if missing; None: the `scratch` folder in effect, else the system's
+    temporary folder)."""
     t = t.detach().contiguous()
     if t.numel() == 0:
         return t.clone()
     raw = t.view(torch.uint8).reshape(-1).numpy()
+    folder = folder if folder is not None else (_folders[-1] if _folders else None)
     if folder is not None:
         Path(folder).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=folder) as f:

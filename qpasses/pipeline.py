@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qpasses.calibration.source import CalibrationSource
-from qpasses.checkpoint import Checkpoint, partial_dir
+from qpasses.checkpoint import SCRATCH, Checkpoint, partial_dir
 from qpasses.errors import InputError
-from qpasses.memory import release_free_memory
 from qpasses.export.deploy import check_destination, staged
+from qpasses.memory import release_free_memory
 from qpasses.passes.base import Context
 from qpasses.passes.manager import PassManager
 from qpasses.recipe import DEFAULT_RECIPE, load_recipe
@@ -59,9 +59,11 @@ def compile(model: str = "smollm2-135m", recipe: str = DEFAULT_RECIPE, out: str 
 
 
 def run(opts: Options, log=print) -> dict:
+    from qpasses.offload import scratch
     from qpasses.profiling import Profile
 
-    with Profile() as prof:
+    # values kept in mapped files (loaded and finished weights) go beside the output, on its disk
+    with Profile() as prof, scratch(partial_dir(opts.out_dir()) / SCRATCH):
         return _run(opts, log, prof)
 
 
@@ -85,6 +87,7 @@ def _run(opts: Options, log, prof) -> dict:
 
     with stage("load"):
         loaded = load_model(opts.model, opts.tokenizer)
+    release_free_memory()  # between here and the layer-sequential passes, full forwards read every weight
     log(f"model {loaded.name} ({loaded.kind}); recipe {recipe.name}: {recipe.description}")
     if not opts.no_eval and loaded.kind == "torch" and not loaded.model.can_generate():
         raise InputError(f"{loaded.name} is not a causal language model ({type(loaded.model).__name__}), so it has "
@@ -94,14 +97,14 @@ def _run(opts: Options, log, prof) -> dict:
     checkpoint = Checkpoint(partial_dir(out), resume_key(opts, recipe, loaded), log)
     ctx = Context(ignore=recipe.ignore, overrides=recipe.overrides, seed=opts.seed, checkpoint=checkpoint,
                   calibration=CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed,
-                                                progress=opts.progress),
-                  scratch=checkpoint.scratch)
+                                                progress=opts.progress))
     ppl = {"fp": None, "stage_a": None, "quant": None}
     with stage("evaluate"):
         if loaded.kind == "torch":
             ppl["fp"] = evaluator.torch_fp(loaded)
         else:
             ppl["fp"] = evaluator.ort(loaded.onnx_path, "fp (ONNX input)")
+    release_free_memory()
     t_quant = time.perf_counter()
     if loaded.kind == "torch":
         with stage("capture"):
@@ -109,6 +112,7 @@ def _run(opts: Options, log, prof) -> dict:
         # The programs now hold the weights, and replace them one by one: a model kept here would
         # be a second full copy of the weights by the end of stage A.
         loaded = dataclasses.replace(loaded, model=None, parameters=rep.weight_count(loaded))
+        release_free_memory()
     else:
         graph = stage_b_from_file(loaded.onnx_path)
     t_eval = {"seconds": 0.0}
@@ -129,6 +133,7 @@ def _run(opts: Options, log, prof) -> dict:
         probe = LayerErrorProbe(passes, log=log)
         with stage("layer_error"):
             probe.start(graph, ctx)
+        release_free_memory()
 
     def after_pass(g, result):
         if probe:

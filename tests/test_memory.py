@@ -37,9 +37,9 @@ def test_offloaded_weights_give_the_same_bytes_and_leave_no_file(tmp_path, monke
     offloaded = []
     offload = Programs.offload
 
-    def counting(self, fqn, folder=None):
+    def counting(self, fqn):
         offloaded.append(fqn)
-        offload(self, fqn, folder)
+        offload(self, fqn)
 
     def run(out):
         pipeline.compile("tiny-llama", "int4-w4a16", out, no_eval=True, progress=False, threads=1, calib_windows=8)
@@ -47,7 +47,7 @@ def test_offloaded_weights_give_the_same_bytes_and_leave_no_file(tmp_path, monke
     monkeypatch.setattr(Programs, "offload", counting)
     run(tmp_path / "streamed")
     assert len(offloaded) == 15  # every linear of the 2 layers and the tied lm_head
-    monkeypatch.setattr(Programs, "offload", lambda self, fqn, folder=None: None)
+    monkeypatch.setattr(Programs, "offload", lambda self, fqn: None)
     run(tmp_path / "whole")
     for name in ("model.onnx", "decoder_model.onnx", "model.onnx.data"):
         assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

@@ -124,7 +124,7 @@ class LayerErrorProbe:
                 kept = self._float.get(site.weight_name)
                 wf, wq = (w if kept is None else kept.numpy()), w
             else:
-                self._keep(site.weight_name, w, ctx.scratch)
+                self._keep(site.weight_name, w)
                 wq = wf = w
                 if self.weights is not None:
                     wq = dequantize_weight(quantize_weight(wf, self.weights.settings_for(site, ctx).weight_format()))
@@ -135,10 +135,10 @@ class LayerErrorProbe:
             release()  # the mapped pages this site's weights touched
         return out
 
-    def _keep(self, name: str, w: np.ndarray, folder) -> None:
+    def _keep(self, name: str, w: np.ndarray) -> None:
         """A copy of w in a mapped file (replacing the last one): once a pass replaces the weight,
         the graph's old tensor is freed and E reads this copy."""
-        self._float[name] = to_file(torch.from_numpy(w), folder)
+        self._float[name] = to_file(torch.from_numpy(w))
 
     def _act_format(self, site, ctx) -> ActFormat | None:
         linear = _logits_node(site)

@@ -111,12 +111,12 @@ class Programs:
         for ep, key in self._keys(fqn):
             ep.state_dict[key] = new
 
-    def offload(self, fqn: str, folder=None) -> None:
+    def offload(self, fqn: str) -> None:
         """Keep a parameter (and every tied alias) in a mapped file from now on (qpasses.offload):
         the same values, resident only while read. For a weight whose value is final."""
         from qpasses.offload import to_file
 
-        new = torch.nn.Parameter(to_file(self.parameter(fqn), folder), requires_grad=False)
+        new = torch.nn.Parameter(to_file(self.parameter(fqn)), requires_grad=False)
         for ep, key in self._keys(fqn):
             ep.state_dict[key] = new
 

@@ -24,7 +24,7 @@ RANDOM_WEIGHTS = "random_weights"  # index metadata of a test model whose weight
 
 def load(folder: Path, tokenizer: Path | None = None, name: str | None = None,
          source: dict | None = None) -> LoadedModel:
-    """Load the model in `folder` in fp32, eval mode.
+    """Load the model in `folder` in fp32 (its weights in mapped files: `as_mapped_float32`), eval mode.
 
     A cache folder qpasses wrote itself passes its own `source` (provenance); then the files are
     not hashed and the weights, checked when the cache was built, are not scanned again."""
@@ -133,7 +133,7 @@ def _from_pretrained(folder: Path, config):
 
     cls = AutoModelForCausalLM if is_causal_lm(config) else AutoModel
     try:
-        model, info = cls.from_pretrained(str(folder), config=config, dtype=torch.float32, local_files_only=True,
+        model, info = cls.from_pretrained(str(folder), config=config, dtype="auto", local_files_only=True,
                                           output_loading_info=True)
     except Exception as e:  # noqa: BLE001  (transformers and torch raise many types here)
         raise InputError(f"cannot load the weights in {folder}: {first_line(e)}") from e
@@ -141,4 +141,24 @@ def _from_pretrained(folder: Path, config):
     if missing:
         raise InputError(f"{folder}: the checkpoint lacks {len(missing)} weight(s) the {type(model).__name__} "
                          f"needs (first: {missing[0]}); the files are incomplete or of another model")
-    return model.float().eval()
+    return as_mapped_float32(model).eval()
+
+
+def as_mapped_float32(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in float32, its floating parameters converted one at a time into mapped files
+    (qpasses.offload): loading holds the checkpoint's own dtype (bf16: half of float32) plus one
+    float32 tensor, and the float32 weights are resident only while read. The values are those of
+    a float32 load (the conversion is exact); tied parameters stay one tensor."""
+    from qpasses.offload import to_file
+
+    converted = {}  # id(old) -> (old, new); holding old keeps the ids unique
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None or not p.is_floating_point():
+                continue
+            if id(p) not in converted:
+                converted[id(p)] = (p, torch.nn.Parameter(to_file(p.detach().float()), requires_grad=p.requires_grad))
+            module._parameters[name] = converted[id(p)][1]
+    model.float()  # buffers (a float32 tensor is left as it is)
+    model.config.dtype = torch.float32
+    return model

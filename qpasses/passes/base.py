@@ -37,8 +37,6 @@ class Context:
     act_formats: weight parameter name -> formats.ActFormat of that linear's input
     checkpoint: a qpasses.checkpoint.Checkpoint where layer-sequential passes keep finished groups
                (None: no resuming); step: the running pass's index in the recipe (its folder there)
-    scratch: a folder on disk for values kept in mapped files (qpasses.offload; None: the system's
-               temporary folder)
     """
 
     ignore: tuple[str, ...] = ()
@@ -50,7 +48,6 @@ class Context:
     notes: dict[str, Any] = field(default_factory=dict)
     checkpoint: Any = None
     step: int = 0
-    scratch: Any = None
 
 
 @dataclass(frozen=True)

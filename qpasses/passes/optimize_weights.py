@@ -319,7 +319,7 @@ class OptimizeWeights(Pass):
         def settled(i):  # group i's weights are final and later segments do not read them
             if self.settings.sequential:
                 for site, _ in ordered[i]:
-                    graph.programs.offload(site.weight_name, ctx.scratch)
+                    graph.programs.offload(site.weight_name)
 
         resumed = 0
         while store is not None and resumed < len(ordered) and (saved := store.load(resumed)) is not None:

@@ -51,6 +51,21 @@ def test_hf_folder_round_trip(tiny_folder):
     assert folder_digest(tiny_folder) == before  # inputs are only read
 
 
+def test_a_bf16_folder_loads_to_float32_values_in_mapped_files(tiny_folder):
+    from qpasses.offload import mapped_bytes
+
+    model = load_model("tiny-llama").model.to(torch.bfloat16)
+    model.save_pretrained(str(tiny_folder))  # the folder now holds bf16 weights (config dtype bfloat16)
+    before = mapped_bytes()
+    loaded = load_model(str(tiny_folder)).model
+    assert loaded.dtype == torch.float32 and loaded.config.dtype == torch.float32
+    params = dict(loaded.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.bfloat16 and torch.equal(params[name], p.float()), name
+    assert mapped_bytes() - before == sum(p.numel() * 4 for p in params.values())  # every weight mapped once
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight  # still tied
+
+
 def test_bert_encoder_folder_loads_with_automodel(bert_folder):
     loaded = load_model(str(bert_folder))
     assert type(loaded.model).__name__ == "BertModel" and loaded.kind == "torch"
