@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_mapped: list[weakref.ref] = []  # every live mapping made by to_file
+_mapped: dict[int, weakref.ref] = {}  # start address -> a live mapping made by to_file
 _folders: list[Path] = []  # the scratch folders in effect, innermost last
 
 
@@ -52,22 +52,34 @@ def to_file(t: torch.Tensor, folder: str | Path | None = None) -> torch.Tensor:
         f.write(memoryview(raw))
         f.flush()
         mm = mmap.mmap(f.fileno(), raw.nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    _mapped[:] = [r for r in _mapped if r() is not None]
-    _mapped.append(weakref.ref(mm))
-    return torch.from_numpy(np.frombuffer(mm, np.uint8)).view(t.dtype).view(t.shape)
+    for address in [a for a, ref in _mapped.items() if ref() is None]:
+        del _mapped[address]
+    data = np.frombuffer(mm, np.uint8)
+    _mapped[data.ctypes.data] = weakref.ref(mm)
+    return torch.from_numpy(data).view(t.dtype).view(t.shape)
 
 
-def release() -> int:
-    """Drop the resident pages of every live mapping (their values stay in the files);
-    returns the bytes mapped."""
-    total = 0
-    for ref in _mapped:
+def release(t: torch.Tensor | None = None) -> None:
+    """Drop the resident pages of the mapping behind `t` (None: of every live mapping); the values
+    stay in the files. A tensor that is not a mapped file's is left alone."""
+    if t is None:
+        refs = list(_mapped.values())
+    elif isinstance(t, torch.Tensor) and t.device.type == "cpu" and (ref := _mapped.get(_address(t))) is not None:
+        refs = [ref]
+    else:
+        return
+    for ref in refs:
         if (mm := ref()) is not None:
             mm.madvise(mmap.MADV_DONTNEED)
-            total += len(mm)
-    return total
+
+
+def _address(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # fake or meta tensors have no data
+        return None
 
 
 def mapped_bytes() -> int:
     """Bytes held in live mappings (resident or not)."""
-    return sum(len(mm) for ref in _mapped if (mm := ref()) is not None)
+    return sum(len(mm) for ref in _mapped.values() if (mm := ref()) is not None)

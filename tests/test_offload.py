@@ -44,3 +44,14 @@ def test_released_pages_stop_counting_and_a_freed_tensor_unmaps(tmp_path):
     gc.collect()
     assert offload.mapped_bytes() == before
 
+
+
+def test_release_of_one_tensor_drops_only_its_mapping(tmp_path):
+    a, b = (offload.to_file(torch.ones(8 << 20), tmp_path) for _ in range(2))  # 32 MiB each
+    float(a.sum()), float(b.sum())
+    touched = resident_file_bytes()
+    offload.release(a[1:])  # a view: its storage is the mapping
+    dropped = touched - resident_file_bytes()
+    assert 24 << 20 < dropped < 40 << 20
+    offload.release(torch.ones(3))  # not a mapped file's: nothing happens
+    assert torch.equal(a, torch.ones(8 << 20)) and torch.equal(b, torch.ones(8 << 20))

@@ -17,6 +17,7 @@ from torch.export.graph_signature import InputKind
 from tqdm import tqdm
 
 from qpasses.calibration.stats import SiteStats, StatsSpec
+from qpasses.offload import release
 from qpasses.profiling import stage
 
 Env = dict[torch.fx.Node, object]
@@ -65,7 +66,8 @@ class GraphRunner(torch.fx.Interpreter):
 
         `on_node(node, env)` is called before each node runs (its inputs are in env). Values whose
         last use lies in the range are deleted from env once consumed; values still needed after
-        `end` stay."""
+        `end` stay. A parameter kept in a mapped file (qpasses.offload) gives its pages back once
+        read for the last time: a forward holds about one layer's weights at a time."""
         self.env = env
         for i in range(start, end + 1):
             node = self.order[i]
@@ -76,7 +78,9 @@ class GraphRunner(torch.fx.Interpreter):
             env[node] = self.run_node(node)
             for arg in (*node.all_input_nodes, node):
                 if self.last_use[arg] <= i:
-                    env.pop(arg, None)
+                    value = env.pop(arg, None)
+                    if arg.op == "placeholder":
+                        release(value)  # a weight in a mapped file (qpasses.offload): its pages go back
         self.env = {}
 
 

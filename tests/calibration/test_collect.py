@@ -87,3 +87,17 @@ def test_collect_onnx_equals_collect_fx(tiny, fx_stats, onnx_file):
 def test_collect_onnx_rejects_unknown_values(tiny, onnx_file):
     with pytest.raises(ValueError, match="no value named"):
         collect_onnx(onnx_file[0], {"x": "no_such_value"}, tiny.windows, StatsSpec(), progress=False, threads=1)
+
+
+def test_a_forward_gives_back_each_mapped_weight_once_read(tiny, monkeypatch):
+    """GraphRunner releases a parameter's pages after its last reader: with weights in mapped
+    files (qpasses.offload) a forward holds about one layer's weights at a time."""
+    import sys
+
+    module = sys.modules["qpasses.calibration.collect_fx"]
+    released = []
+    monkeypatch.setattr(module, "release", lambda t: released.append(t))
+    spec = StatsSpec(moments=False, absmax=False, max_tokens=96)
+    collect_fx(tiny.ep, tiny.sites, tiny.windows, spec, progress=False)
+    weights = {id(v) for k, v in tiny.ep.state_dict.items() if k.endswith("_proj.weight")}
+    assert weights and weights <= {id(t) for t in released}
