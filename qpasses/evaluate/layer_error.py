@@ -41,22 +41,26 @@ from qpasses.numerics.fake_quant import fake_quant_activation
 from qpasses.offload import release, to_file
 
 REL_CHANGE = 1e-6
+ROWS = 4096  # output channels per product in layer_error
 WINDOWS = 2  # held-out windows measured (2 x 512 tokens on SmolLM2: one forward batch per pass)
 
 
 def layer_error(x, wf: np.ndarray, wq: np.ndarray, act: ActFormat | None = None, branch=None) -> float | None:
     """E for input rows x[T, K], weights [N, K], activation format (None: float) and low-rank
-    branch (L [K, r], R [r, N]) or None; None when X Wfᵀ is all zero."""
-    x = torch.as_tensor(x, dtype=torch.float32)
-    xq = x if act is None else fake_quant_activation(x, act)
-    ref = x.double() @ torch.as_tensor(wf).double().T
-    den = float(ref.square().sum())
-    if den == 0.0:
-        return None
-    diff = ref - xq.double() @ torch.as_tensor(wq).double().T
-    if branch is not None:
-        diff -= (x.double() @ torch.as_tensor(branch[0]).double()) @ torch.as_tensor(branch[1]).double()
-    return float(diff.square().sum()) / den
+    branch (L [K, r], R [r, N]) or None; None when X Wfᵀ is all zero. Output channels are taken
+    ROWS at a time: float64 copies of a 49152-row lm_head would be gigabytes."""
+    x = torch.as_tensor(x, dtype=torch.float32).double()
+    xq = x if act is None else fake_quant_activation(x.float(), act).double()
+    xl = None if branch is None else x @ torch.as_tensor(branch[0]).double()
+    num = den = 0.0
+    for a in range(0, wf.shape[0], ROWS):
+        ref = x @ torch.as_tensor(wf[a:a + ROWS]).double().T
+        diff = ref - xq @ torch.as_tensor(wq[a:a + ROWS]).double().T
+        if xl is not None:
+            diff -= xl @ torch.as_tensor(branch[1][:, a:a + ROWS]).double()
+        den += float(ref.square().sum())
+        num += float(diff.square().sum())
+    return None if den == 0.0 else num / den
 
 
 class LayerErrorProbe:
