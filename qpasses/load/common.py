@@ -67,13 +67,17 @@ def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], where: str) -> Non
     """`InputError` naming the first floating-point tensor that holds a NaN or an Inf.
 
     A float32 sum per tensor is the fast screen (one read, no temporary); only a tensor whose sum
-    is not finite is counted element by element, so a sum that merely overflows raises nothing."""
+    is not finite is counted element by element, so a sum that merely overflows raises nothing.
+    A tensor in a mapped file (qpasses.offload) gives its pages back once read."""
+    from qpasses.offload import release
+
     for name, t in tensors:
         if t.is_floating_point() and not torch.isfinite(t.sum(dtype=torch.float32)):
             bad = int((~torch.isfinite(t)).sum())
             if bad:
                 raise InputError(f"{where}: weight {name} holds {bad} NaN/Inf value(s) of {t.numel()}; "
                                  f"the checkpoint is damaged or diverged, use another one")
+        release(t)
 
 
 def combined_sha256(file_digests: dict[str, str]) -> str:
