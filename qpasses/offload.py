@@ -73,6 +73,22 @@ def release(t: torch.Tensor | None = None) -> None:
             mm.madvise(mmap.MADV_DONTNEED)
 
 
+@contextlib.contextmanager
+def released_by_module(model: torch.nn.Module):
+    """Within the block, every submodule gives its own mapped parameters' pages back after its
+    forward: an eager forward holds about one layer's weights."""
+    def hook(module, args, output):
+        for p in module.parameters(recurse=False):
+            release(p)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if any(True for _ in m.parameters(False))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _address(t: torch.Tensor) -> int | None:
     try:
         return t.untyped_storage().data_ptr()

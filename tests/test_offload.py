@@ -55,3 +55,20 @@ def test_release_of_one_tensor_drops_only_its_mapping(tmp_path):
     assert 24 << 20 < dropped < 40 << 20
     offload.release(torch.ones(3))  # not a mapped file's: nothing happens
     assert torch.equal(a, torch.ones(8 << 20)) and torch.equal(b, torch.ones(8 << 20))
+
+
+def test_an_eager_forward_gives_each_module_s_mapped_weights_back(monkeypatch):
+    layers = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    for layer in (layers[0], layers[2]):
+        layer.weight = torch.nn.Parameter(offload.to_file(layer.weight), requires_grad=False)
+    released, release = [], offload.release
+    monkeypatch.setattr(offload, "release", lambda t=None: released.append(t) or release(t))
+    x = torch.randn(3, 4)
+    expected = layers(x)
+    with offload.released_by_module(layers):
+        assert torch.equal(layers(x), expected)
+    ids = [id(t) for t in released]
+    assert ids.index(id(layers[0].weight)) < ids.index(id(layers[2].weight))
+    released.clear()
+    layers(x)
+    assert released == []  # hooks removed after the block

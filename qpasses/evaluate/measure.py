@@ -44,6 +44,7 @@ class Evaluator:
     def torch_fp(self, loaded):
         """The float model in torch; cached on disk when the model has a content hash."""
         from qpasses.evaluate.perplexity import torch_logits_fn
+        from qpasses.offload import released_by_module
 
         if self.windows is None:
             return None
@@ -55,7 +56,8 @@ class Evaluator:
             ppl = json.loads(path.read_text())["ppl"]
             print(f"  ppl fp (torch): {ppl:.4f} (cached)")
             return ppl
-        ppl = self._ppl(torch_logits_fn(loaded.model), "fp (torch)")
+        with released_by_module(loaded.model):  # weights in mapped files: one layer's resident at a time
+            ppl = self._ppl(torch_logits_fn(loaded.model), "fp (torch)")
         if sha:
             write_bytes_atomic(path, json.dumps({"ppl": ppl, "model": loaded.name}).encode())
         return ppl

@@ -54,6 +54,8 @@ import torch
 from torch.export import Dim, ExportedProgram
 from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
 
+from qpasses.offload import released_by_module
+
 OPSET = 21
 LOGITS_INPUTS = ("input_ids", "attention_mask")
 DECODER_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -210,7 +212,7 @@ def _capture_logits(model) -> ExportedProgram:
 def _capture_decoder(model) -> tuple[ExportedProgram, int]:
     b, t, p = EXAMPLE["batch"], EXAMPLE["step"], EXAMPLE["past"]
     ids = _example_ids(model, b, p + t)
-    with torch.no_grad():
+    with torch.no_grad(), released_by_module(model):
         cache = model(input_ids=ids[:, :p], use_cache=True).past_key_values
     past = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
     args = (ids[:, p:].clone(), torch.ones(b, p + t, dtype=torch.long), torch.arange(p, p + t).repeat(b, 1), past)
@@ -235,7 +237,7 @@ def capture(model, decoder: bool = True) -> Programs:
     Causal LMs (those that can generate) get both programs unless decoder=False; any other
     model gets the logits-like program of its main output and decoder=None. A two-token
     forward pass names the main output; the decoder's example cache comes from another."""
-    with torch.no_grad():
+    with torch.no_grad(), released_by_module(model):
         probe = model(input_ids=_example_ids(model, 1, 2), attention_mask=torch.ones(1, 2, dtype=torch.long))
     main_output = next(iter(probe.keys()))
     programs = Programs(_capture_logits(model), None, tied=_tie_map(model))
