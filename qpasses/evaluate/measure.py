@@ -63,9 +63,9 @@ class Evaluator:
         return ppl
 
     def torch_program(self, program, label: str):
-        from qpasses.evaluate.perplexity import torch_logits_fn
+        from qpasses.evaluate.perplexity import program_logits_fn
 
-        return self._ppl(torch_logits_fn(program.module()), label) if self.windows is not None else None
+        return self._ppl(program_logits_fn(program), label) if self.windows is not None else None
 
     def ort(self, path: Path, label: str):
         from qpasses.evaluate.perplexity import ort_logits_fn

@@ -94,6 +94,27 @@ def torch_logits_fn(module) -> LogitsFn:
     return fn
 
 
+def program_logits_fn(program) -> LogitsFn:
+    """Logits of a captured logits program (an ExportedProgram taking input_ids, attention_mask),
+    run node by node (calibration.collect_fx.GraphRunner): the same values as `program.module()`,
+    and a weight kept in a mapped file is resident only while its layer runs. Windows with padding
+    go through `program.module()`."""
+    from qpasses.calibration.collect_fx import GraphRunner
+
+    runner = GraphRunner(program)
+    output = runner.order[-1]
+
+    def fn(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not bool(attention_mask.all()):
+            return torch_logits_fn(program.module())(input_ids, attention_mask)
+        with torch.no_grad():
+            env = runner.inputs(input_ids)
+            runner.run_range(0, len(runner.order) - 2, env)
+            return _logits_of([env[v] for v in output.args[0]])
+
+    return fn
+
+
 def ort_logits_fn(session) -> LogitsFn:
     """Logits of an `onnxruntime.InferenceSession` with int64 inputs `input_ids` (and, when the
     graph has it, `attention_mask`); the output named `logits`, else the first output."""

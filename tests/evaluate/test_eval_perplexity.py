@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from qpasses.errors import InputError
-from qpasses.evaluate.perplexity import PplResult, ort_logits_fn, perplexity, torch_logits_fn
+from qpasses.evaluate.perplexity import PplResult, ort_logits_fn, perplexity, program_logits_fn, torch_logits_fn
 from qpasses.evaluate.session import ort_session
 
 
@@ -70,6 +70,15 @@ def test_torch_and_onnxruntime_agree(deployed):
         assert ort.ppl == pytest.approx(hf.ppl, rel=1e-4)
     assert program.ppl == pytest.approx(hf.ppl, rel=1e-5)
     assert 50 < hf.ppl < 2000  # a random model over 512 ids: near-uniform, not degenerate
+
+
+def test_a_program_run_node_by_node_gives_its_module_s_exact_logits(deployed):
+    ids = torch.randint(3, 259, (2, 33), generator=torch.Generator().manual_seed(4))
+    padded = torch.ones_like(ids)
+    padded[1, :5] = 0  # padding goes through program.module()
+    for mask in (torch.ones_like(ids), padded):
+        expected = torch_logits_fn(deployed.program.module())(ids, mask)
+        assert torch.equal(program_logits_fn(deployed.program)(ids, mask), expected)
 
 
 def test_batch_size_does_not_change_the_result(deployed):
