@@ -21,7 +21,6 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-import torch
 
 _mapped: dict[int, weakref.ref] = {}  # start address -> a live mapping made by to_file
 _folders: list[Path] = []  # the scratch folders in effect, innermost last
@@ -37,10 +36,12 @@ def scratch(folder: str | Path):
         _folders.pop()
 
 
-def to_file(t: torch.Tensor, folder: str | Path | None = None) -> torch.Tensor:
+def to_file(t, folder: str | Path | None = None):
     """A tensor equal to `t` (same dtype, shape, values) whose storage is a mapped file in
     `folder` (created if missing; None: the `scratch` folder in effect, else the system's
     temporary folder)."""
+    import torch
+
     t = t.detach().contiguous()
     if t.numel() == 0:
         return t.clone()
@@ -59,22 +60,22 @@ def to_file(t: torch.Tensor, folder: str | Path | None = None) -> torch.Tensor:
     return torch.from_numpy(data).view(t.dtype).view(t.shape)
 
 
-def release(t: torch.Tensor | None = None) -> None:
-    """Drop the resident pages of the mapping behind `t` (None: of every live mapping); the values
-    stay in the files. A tensor that is not a mapped file's is left alone."""
-    if t is None:
+def release(x=None) -> None:
+    """Drop the resident pages of the mapping behind `x`, a torch tensor or a numpy array (None:
+    of every live mapping); the values stay in the files. Anything else is left alone."""
+    if x is None:
         refs = list(_mapped.values())
-    elif isinstance(t, torch.Tensor) and t.device.type == "cpu" and (ref := _mapped.get(_address(t))) is not None:
-        refs = [ref]
     else:
-        return
+        address = _address(x)
+        refs = [ref for start, ref in _mapped.items()
+                if address is not None and (mm := ref()) is not None and start <= address < start + len(mm)]
     for ref in refs:
         if (mm := ref()) is not None:
             mm.madvise(mmap.MADV_DONTNEED)
 
 
 @contextlib.contextmanager
-def released_by_module(model: torch.nn.Module):
+def released_by_module(model):
     """Within the block, every submodule gives its own mapped parameters' pages back after its
     forward: an eager forward holds about one layer's weights."""
     def hook(module, args, output):
@@ -89,10 +90,14 @@ def released_by_module(model: torch.nn.Module):
             h.remove()
 
 
-def _address(t: torch.Tensor) -> int | None:
+def _address(x) -> int | None:
+    """Where the data of a CPU torch tensor or a numpy array starts; None for anything else
+    (fake and meta tensors have no data)."""
+    if isinstance(x, np.ndarray):
+        return x.__array_interface__["data"][0]
     try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # fake or meta tensors have no data
+        return x.data_ptr() if x.device.type == "cpu" else None
+    except (AttributeError, RuntimeError, NotImplementedError):
         return None
 
 

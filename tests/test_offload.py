@@ -72,3 +72,13 @@ def test_an_eager_forward_gives_each_module_s_mapped_weights_back(monkeypatch):
     released.clear()
     layers(x)
     assert released == []  # hooks removed after the block
+
+
+def test_release_finds_the_mapping_behind_a_numpy_view(tmp_path):
+    mapped = offload.to_file(torch.ones(8 << 20), tmp_path)  # 32 MiB
+    view = mapped.numpy()[4 << 20:]  # starts in the middle of the mapping
+    float(mapped.sum())
+    touched = resident_file_bytes()
+    offload.release(view)  # the whole mapping
+    assert touched - resident_file_bytes() > 24 << 20
+    offload.release("not an array")  # left alone

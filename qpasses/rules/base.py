@@ -29,6 +29,18 @@ def weight_nk(w: ir.Value, orient: str) -> np.ndarray:
     return data if orient == "nk" else data.T
 
 
+def on_plan(w: ir.Value, orient: str, q: QuantizedWeight) -> bool:
+    """Whether the float weight is exactly its plan's dequantized codes. A weight kept in a mapped
+    file (qpasses.offload) gives its pages back once compared."""
+    from qpasses.offload import release
+
+    data = weight_nk(w, orient)
+    try:
+        return bool(np.array_equal(data, dequantize_weight(q)))
+    finally:
+        release(data)
+
+
 class LinearRule(RewriteRuleClassBase):
     """Base of the per-layout linear rules. Layouts: "nk" = MatMul(x, Transpose(W[N, K])) (our
     export), "kn" = MatMul(x, W[K, N]) (other exporters), "gemm" / "gemm_bias" = Gemm(x, W[, c])
@@ -89,7 +101,7 @@ class LinearRule(RewriteRuleClassBase):
             return fail(f"{w.name} has no quantization plan (kept in float)", w)
         if q.fmt.kind not in self.kinds:
             return fail(f"{w.name} is {q.fmt.kind}; this rule lowers {', '.join(self.kinds)}", w)
-        if self.plan is not None and not np.array_equal(weight_nk(w, orient), dequantize_weight(q)):
+        if self.plan is not None and not on_plan(w, orient, q):
             return fail(f"{w.name} differs from the dequantized codes of its plan; lowering would change the model", w)
         if self.lowrank:
             why = check_lowrank(w, q, lo, ro)
