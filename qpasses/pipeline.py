@@ -123,7 +123,7 @@ def _run(opts: Options, log, prof) -> dict:
         t = time.perf_counter()
         with stage("evaluate"):
             ppl["stage_a"] = evaluator.torch_program(fx_graph.programs.logits, "stage A")
-        release_free_memory()  # the offloaded weights it read
+        release_free_memory()  # the mapped weights it read
         t_eval["seconds"] += time.perf_counter() - t
 
     probe = None
@@ -139,7 +139,7 @@ def _run(opts: Options, log, prof) -> dict:
         if probe:
             with stage("layer_error"):
                 probe.after(g, ctx, result)
-        release_free_memory()  # e.g. the offloaded weights a postcondition read
+        release_free_memory()  # e.g. the mapped weights a postcondition read
     manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log,
                           after_pass=after_pass)
     # The manager holds the only reference: once it exports, stage A (the programs and their float

@@ -27,30 +27,20 @@ def test_stage_a_and_replaced_float_weights_are_freed_before_the_deployment_is_w
     assert checked and all(freed and not unread for freed, unread in checked)
 
 
-def test_offloaded_weights_give_the_same_bytes_and_leave_no_file(tmp_path, monkeypatch):
-    """Finished weights moved to mapped files (Programs.offload) change no byte of the deployment;
-    a run without offloading is the reference."""
+def test_weights_in_mapped_files_give_the_same_bytes_and_leave_no_mapping(tmp_path, monkeypatch):
+    """Weights kept in mapped files (qpasses.offload) change no byte of the deployment; a run that
+    keeps every edited weight on the heap is the reference."""
+    from qpasses import offload
     from qpasses.checkpoint import partial_dir
-    from qpasses.export.capture import Programs
-    from qpasses.offload import mapped_bytes
-
-    offloaded = []
-    offload = Programs.offload
-
-    def counting(self, fqn):
-        offloaded.append(fqn)
-        offload(self, fqn)
 
     def run(out):
         pipeline.compile("tiny-llama", "int4-w4a16", out, no_eval=True, progress=False, threads=1, calib_windows=8)
 
-    monkeypatch.setattr(Programs, "offload", counting)
-    run(tmp_path / "streamed")
-    assert len(offloaded) == 15  # every linear of the 2 layers and the tied lm_head
-    monkeypatch.setattr(Programs, "offload", lambda self, fqn: None)
-    run(tmp_path / "whole")
+    run(tmp_path / "mapped")
+    monkeypatch.setattr(offload, "to_file", lambda t, folder=None: t.detach().clone())
+    run(tmp_path / "heap")
     for name in ("model.onnx", "decoder_model.onnx", "model.onnx.data"):
-        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
-    assert not partial_dir(tmp_path / "streamed").exists()
+        assert (tmp_path / "mapped" / name).read_bytes() == (tmp_path / "heap" / name).read_bytes(), name
+    assert not partial_dir(tmp_path / "mapped").exists()
     gc.collect()
-    assert mapped_bytes() == 0  # the run's mappings went with its programs
+    assert offload.mapped_bytes() == 0  # the run's mappings went with its programs

@@ -70,8 +70,7 @@ def first_reader(runner: GraphRunner, names: set[str], start: int) -> int:
 
 def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, torch.fx.Node]], windows: torch.Tensor,
                      spec: StatsSpec, process: Callable[[int, dict[str, SiteStats]], None],
-                     batch_size: int = 4, progress: bool = True, resume_at: int = 0, own_edits: bool = False,
-                     settled: Callable[[int], None] | None = None) -> None:
+                     batch_size: int = 4, progress: bool = True, resume_at: int = 0, own_edits: bool = False) -> None:
     """Call `process(i, stats_i)` for each group in order, where stats_i are the statistics of
     group i's sites (site name -> SiteStats over windows[n, L], all-ones mask) measured after
     process(0..i-1) ran. With `resume_at` > 0, groups before it count as processed already (a
@@ -99,10 +98,6 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
     node (o_proj, down_proj: the boundary, which for down_proj holds the gate and up outputs,
     2 x [L, intermediate] a window, is dropped as the measuring run consumes it). A process that
     breaks the promise is an error.
-
-    `settled(i)`, when given, is called once group i's values have been carried forward: later
-    segments do not read what process(i) edited (a tied parameter aside), so its values can leave
-    memory (Programs.offload).
     """
     runner = GraphRunner(program)
     by_node = [check_sites(program, g) for g in groups]
@@ -159,8 +154,6 @@ def layer_sequential(program: ExportedProgram, groups: Sequence[Mapping[str, tor
                     runner.run_range(start if rerun else end, end, env)
                     boundary[b] = {n: env[n] for n in keep}
         del held, before_last
-        if settled is not None:
-            settled(i)
         release_free_memory()
         bar.update()
     bar.close()

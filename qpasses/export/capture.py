@@ -103,22 +103,17 @@ class Programs:
         return ep.state_dict[key]
 
     def set_parameter(self, fqn: str, value: torch.Tensor) -> None:
-        """Replace a parameter (and every tied alias) in both programs with a copy of `value`.
+        """Replace a parameter (and every tied alias) in both programs with a copy of `value`, kept
+        in a mapped file (qpasses.offload: resident only while read, so a pass that rewrites every
+        weight does not hold them all in memory).
 
         The model the programs came from is left untouched: the programs get a new tensor."""
+        from qpasses.offload import to_file
+
         old = self.parameter(fqn)
         if value.shape != old.shape or value.dtype != old.dtype:
             raise ValueError(f"{fqn}: expected {old.dtype} {tuple(old.shape)}, got {value.dtype} {tuple(value.shape)}")
-        new = torch.nn.Parameter(value.detach().clone(), requires_grad=False)
-        for ep, key in self._keys(fqn):
-            ep.state_dict[key] = new
-
-    def offload(self, fqn: str) -> None:
-        """Keep a parameter (and every tied alias) in a mapped file from now on (qpasses.offload):
-        the same values, resident only while read. For a weight whose value is final."""
-        from qpasses.offload import to_file
-
-        new = torch.nn.Parameter(to_file(self.parameter(fqn)), requires_grad=False)
+        new = torch.nn.Parameter(to_file(value), requires_grad=False)
         for ep, key in self._keys(fqn):
             ep.state_dict[key] = new
 

@@ -183,6 +183,7 @@ class FxStage:
         """Give the linears that read tied parameter `alias` a copy of their own; the embedding
         keeps the canonical tensor. Identity: nothing changes but storage, W_lm = E."""
         from qpasses.ir.fx_edit import add_input, parameter_of, placeholder_for
+        from qpasses.offload import to_file
 
         canonical = self.programs.tied.pop(alias)
         value = self.programs.parameter(canonical)
@@ -194,7 +195,7 @@ class FxStage:
                 arg, target = readers.get(node.target, (None, None))
                 if arg is not None and self.programs.fqn(parameter_of(ep, node.args[arg]) or "") in (canonical, alias):
                     node.update_arg(arg, own[target])
-            ep.state_dict[alias] = torch.nn.Parameter(value.detach().clone(), requires_grad=False)
+            ep.state_dict[alias] = torch.nn.Parameter(to_file(value), requires_grad=False)
             self.touched.add(prog)
         self.edits.append(f"untie {alias} from {canonical}")
 

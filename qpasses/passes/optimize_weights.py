@@ -316,20 +316,13 @@ class OptimizeWeights(Pass):
             if store is not None:
                 store.save(i, *_pack(solved, ctx))
 
-        def settled(i):  # group i's weights are final and later segments do not read them
-            if self.settings.sequential:
-                for site, _ in ordered[i]:
-                    graph.programs.offload(site.weight_name)
-
         resumed = 0
         while store is not None and resumed < len(ordered) and (saved := store.load(resumed)) is not None:
             take(self._unpack([s for s, _ in ordered[resumed]], *saved, ctx))
-            settled(resumed)
             resumed += 1
         if resumed:
             ctx.checkpoint.log(f"  {self.name}: resuming after {resumed} of {len(ordered)} groups ({store.folder})")
-        layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx), resume_at=resumed, own_edits=True,
-                         settled=settled)
+        layer_sequential(ep, reps, windows, spec, step, progress=_progress(ctx), resume_at=resumed, own_edits=True)
         for solved in later:
             _apply(graph, *solved, ctx)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qpasses.export.capture import capture
-from qpasses.offload import release
+from qpasses.offload import mapped_bytes, release
 
 
 def left_padded(batch=2, seq=7, pad=3, seed=1):
@@ -124,14 +124,15 @@ def test_programs_do_not_keep_the_model_alive():
     assert old_ref() is None  # the replaced tensor is freed
 
 
-def test_an_offloaded_parameter_computes_the_same_logits(programs):
+def test_set_parameter_keeps_its_copy_in_a_mapped_file(programs):
+    name = "model.layers.0.mlp.down_proj.weight"
+    old = programs.parameter(name)
     ids = torch.randint(3, 259, (2, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     with torch.no_grad():
         before = programs.logits.module()(ids, mask)
-        for name in ("model.layers.0.mlp.down_proj.weight", "lm_head.weight"):  # lm_head: tied to the table
-            programs.offload(name)
-            assert all(programs.parameter(name).data_ptr() == ep.state_dict[k].data_ptr()
-                       for ep, k in programs._keys(name))
-        release()
+        mapped = mapped_bytes()
+        programs.set_parameter(name, old.clone())
+        assert mapped_bytes() - mapped == old.numel() * 4
+        release()  # its pages are read again from the file
         assert torch.equal(programs.logits.module()(ids, mask), before)
