@@ -1,12 +1,14 @@
 """Values kept in mapped files: resident only while they are read.
 
-A layer-sequential pass finishes one group of weights at a time, and nothing reads them again
-until the stage-A evaluation and the export, which read each once. `to_file` moves a tensor's
-values into an unlinked temporary file mapped shared: the same values under the same shape and
-dtype, but its pages count as resident only once touched, and `release` gives the touched ones
-back (madvise DONTNEED: a later read faults them in again from the file). The file is unlinked
-before it is mapped, so a killed run leaves none behind; the kernel frees it with the last
-mapping, when the tensor is freed.
+A run reads its float weights a layer at a time: a forward goes through them in order, and a
+layer-sequential pass works on one group while the others wait. `to_file` moves a tensor's values
+into an unlinked temporary file mapped shared: the same values under the same shape and dtype,
+but its pages count as resident only once touched, and `release` gives the touched ones back
+(madvise DONTNEED: a later read faults them in again from the file). The loader, every weight a
+stage-A pass writes (`Programs.set_parameter`) and the layer-error probe's copies go through it;
+forwards release each weight after its last reader. The file is unlinked before it is mapped,
+so a killed run leaves none behind; the kernel frees it with the last mapping, when the tensor is
+freed.
 
 The folder must be on a disk: a tmpfs /tmp (Debian 13's default) would hold the values in memory
 again, so the pipeline runs inside `scratch(<out>.partial/scratch)`, beside the output folder.
