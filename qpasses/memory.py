@@ -6,11 +6,10 @@ with `release_free_memory`.
 
 Weights kept in mapped files (qpasses.offload) are given back by the same call.
 
-Still open: on the 1B model the resident size grows by about 0.26 GiB a decoder layer (SmolLM2:
-0.9 GB over a run) while the torch tensors reachable from Python do not. A fixed 4 MiB mmap
-threshold for the whole run removed that growth (on 4 layers of the 1B shape) but made SmolLM2's
-forwards 25% slower; the same threshold during solves only did not remove it, nor did a single
-malloc arena (MALLOC_ARENA_MAX=1: the same resident size after every group; docs/scaling.md).
+What still grows over a run is the codes (1 byte a weight until lowering packs them). The growth
+of about 0.26 GiB a 1B decoder layer measured before the weights moved to mapped files was the
+solved weights on the heap (it went away with them); one malloc arena (MALLOC_ARENA_MAX=1) changed nothing, and
+a fixed 4 MiB mmap threshold made forwards 25% slower (docs/scaling.md).
 """
 
 from __future__ import annotations
