@@ -8,8 +8,8 @@ Weights kept in mapped files (qpasses.offload) are given back by the same call.
 
 What still grows over a run is the codes (1 byte a weight until lowering packs them). The growth
 of about 0.26 GiB a 1B decoder layer measured before the weights moved to mapped files was the
-solved weights on the heap (it went away with them); one malloc arena (MALLOC_ARENA_MAX=1) changed nothing, and
-a fixed 4 MiB mmap threshold made forwards 25% slower (docs/scaling.md).
+solved weights on the heap (it went away with them); one malloc arena (MALLOC_ARENA_MAX=1)
+changed nothing, and a fixed 4 MiB mmap threshold made forwards 25% slower (docs/scaling.md).
 """
 
 from __future__ import annotations
