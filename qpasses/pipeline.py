@@ -10,9 +10,11 @@ model in torch, save the deployment atomically, measure the deployed file in onn
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +65,14 @@ def run(opts: Options, log=print) -> dict:
     from qpasses.profiling import Profile
 
     # values kept in mapped files (loaded and finished weights) go beside the output, on its disk
-    with Profile() as prof, scratch(partial_dir(opts.out_dir()) / SCRATCH):
-        return _run(opts, log, prof)
+    folder = partial_dir(opts.out_dir()) / SCRATCH
+    try:
+        with Profile() as prof, scratch(folder):
+            return _run(opts, log, prof)
+    finally:  # its files were unlinked once mapped; a checkpoint beside it stays for resuming
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # only when empty: nothing was checkpointed
 
 
 def _run(opts: Options, log, prof) -> dict:

@@ -36,6 +36,8 @@ def test_weights_in_mapped_files_give_the_same_bytes_and_leave_no_mapping(tmp_pa
     def run(out):
         pipeline.compile("tiny-llama", "int4-w4a16", out, no_eval=True, progress=False, threads=1, calib_windows=8)
 
+    gc.collect()
+    before = offload.mapped_bytes()  # other tests' fixtures may hold mapped weights
     run(tmp_path / "mapped")
     monkeypatch.setattr(offload, "to_file", lambda t, folder=None: t.detach().clone())
     run(tmp_path / "heap")
@@ -43,4 +45,4 @@ def test_weights_in_mapped_files_give_the_same_bytes_and_leave_no_mapping(tmp_pa
         assert (tmp_path / "mapped" / name).read_bytes() == (tmp_path / "heap" / name).read_bytes(), name
     assert not partial_dir(tmp_path / "mapped").exists()
     gc.collect()
-    assert offload.mapped_bytes() == 0  # the run's mappings went with its programs
+    assert offload.mapped_bytes() <= before  # the runs add no lasting mapping: it went with the programs
