@@ -26,6 +26,7 @@ from qpasses.export.deploy import check_destination, staged
 from qpasses.memory import release_free_memory
 from qpasses.passes.base import Context
 from qpasses.passes.manager import PassManager
+from qpasses.passes.notes import Notes
 from qpasses.recipe import DEFAULT_RECIPE, load_recipe
 
 
@@ -224,12 +225,12 @@ def provenance(recipe, results, loaded, ctx) -> dict[str, str]:
         "qpasses.rules": json.dumps({r.name: r.rewrites for r in results}),
         "qpasses.model": loaded.name,
         "qpasses.model_sha256": str(loaded.source.get("sha256", "")),
-        "qpasses.ort": json.dumps(ctx.notes.get("ort", {})),
+        "qpasses.ort": json.dumps(ctx.notes.ort),
         "qpasses.versions": json.dumps({**versions(), "python": platform.python_version()}),
     }
 
 
-def manifest(recipe, results, loaded, metadata: dict[str, str], notes: dict) -> dict:
+def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes) -> dict:
     """manifest.json: the recipe as run, per-rule counts, the rotations chosen (with their seeds),
     the smoothing scales' policies and errors, the
     optimized weights' layer errors (rtn vs optimized), the model's provenance and tool versions."""
@@ -237,10 +238,7 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: dict) -> 
         "recipe": {"name": recipe.name, "sha256": recipe.sha256, "text": recipe.text},
         "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
         "model": {"name": loaded.name, "kind": loaded.kind, "source": {k: str(v) for k, v in loaded.source.items()}},
-        "rotations": notes.get("rotations", {}),
-        "smoothing": notes.get("smoothing", {}),
-        "weights": notes.get("weights", {}),
-        "ort": json.loads(metadata["qpasses.ort"]),
+        **notes.to_json(),
         "versions": json.loads(metadata["qpasses.versions"]),
     }
 

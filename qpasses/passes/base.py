@@ -11,9 +11,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qpasses.errors import RecipeError
+from qpasses.passes.notes import Notes
+
+if TYPE_CHECKING:
+    from qpasses.calibration.source import CalibrationSource
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Context:
     """What passes share besides the graph: the per-weight quantization plan written in stage A
     and read by lowering in stage B, the site filters of the recipe, calibration access and the seed.
 
+    notes: what passes record for manifest.json (notes.Notes, written whole)
     quantized: weight parameter name -> formats.QuantizedWeight (the exact codes behind the float
                weight now in the graph)
     act_formats: weight parameter name -> formats.ActFormat of that linear's input
@@ -44,8 +49,8 @@ class Context:
     seed: int = 0
     quantized: dict[str, Any] = field(default_factory=dict)
     act_formats: dict[str, Any] = field(default_factory=dict)
-    calibration: Any = None
-    notes: dict[str, Any] = field(default_factory=dict)
+    calibration: "CalibrationSource | None" = None
+    notes: Notes = field(default_factory=Notes)
     checkpoint: Any = None
     step: int = 0
 

@@ -181,7 +181,7 @@ class FuseAttention(Pass):
                 except NoMatch as e:
                     misses.append(f"{node.name}: {e}")
         if misses:
-            ctx.notes["fuse_attention"] = misses[:3]  # why some attention stayed unfused
+            ctx.notes.misses["fuse_attention"] = misses[:3]  # why some attention stayed unfused
         if any(not np.array_equal(site.inv_freq, sites[0].inv_freq) for site in sites):
             raise LoweringError("the layers' rotary frequencies differ; one cos/sin table cannot serve them")
         if not sites:

@@ -144,7 +144,7 @@ class FuseRotations(Pass):
                 RemoveUnusedNodesPass()(model)  # rotations no other node reads
             counts[gname] = n
         if misses:
-            ctx.notes["fuse_rotations"] = misses[:3]  # why some rotations stayed standard ops
+            ctx.notes.misses["fuse_rotations"] = misses[:3]  # why some rotations stayed standard ops
         if len(set(counts.values())) > 1:
             raise LoweringError(f"the graphs fused different numbers of rotations: {counts}")
         return {"fuse.rotation": next(iter(counts.values()), 0)}

@@ -110,7 +110,7 @@ class LowerLinears(Pass):
         if self.settings.target == "qdq":
             # ORT fuses DequantizeLinear + MatMul into MatMulNBits at accuracy level 4 (int8 activations)
             # unless told otherwise: the file carries the level its stage-A model was measured with.
-            ctx.notes["ort"] = {"config": {QDQ_MATMULNBITS_ACCURACY_LEVEL: str(self.settings.accuracy_level)}}
+            ctx.notes.ort = {"config": {QDQ_MATMULNBITS_ACCURACY_LEVEL: str(self.settings.accuracy_level)}}
         return first
 
     def ensures(self, graph, ctx):

@@ -271,7 +271,7 @@ class OptimizeWeights(Pass):
             wq, rtn = dequantize_weight(qs), dequantize_weight(quantize_weight(w, st.weight_format()))
             approx = wq if lr is None else wq + (lr[0] @ lr[1]).T
             e_rtn, e_opt = relative_errors(w, [rtn, approx], hn)
-            ctx.notes.setdefault("weights", {})[site.name] = {"method": st.rule(), "rtn": e_rtn, "optimized": e_opt,
+            ctx.notes.weights[site.name] = {"method": st.rule(), "rtn": e_rtn, "optimized": e_opt,
                                                                **note}
             self.counts[st.rule()] += 1
             out.append((site, qs, wq, lr))
@@ -336,7 +336,7 @@ class OptimizeWeights(Pass):
             q = QuantizedWeight(self.site_settings(site, ctx).weight_format(), site.shape, arrays[f"{k}.codes"],
                                 arrays[f"{k}.scales"], arrays.get(f"{k}.zero_points"))
             lr = (arrays[f"{k}.L"], arrays[f"{k}.R"]) if f"{k}.L" in arrays else None
-            ctx.notes.setdefault("weights", {})[site.name] = saved["note"]
+            ctx.notes.weights[site.name] = saved["note"]
             self.counts[saved["note"]["method"]] += 1
             out.append((site, q, dequantize_weight(q), lr))
         return out
@@ -361,7 +361,7 @@ class OptimizeWeights(Pass):
             costs.append(16.0 * sum(w.shape))  # one rank: a column of the shared L and a row of R, fp16
         total = sum(int(np.prod(site.shape)) for group in groups for site in group)
         ranks = srr.allocate_ranks(errors, costs, st.budget * total, st.rank_step)
-        ctx.notes["lowrank_budget"] = {
+        ctx.notes.lowrank_budget = {
             "bits_per_weight": st.budget, "spent": sum(c * r for c, r in zip(costs, ranks)) / total,
             "ranks": {group[0].name: r for group, r in zip(groups, ranks)}}
         return {site.name: r for group, r in zip(groups, ranks) for site in group}
@@ -380,7 +380,7 @@ def _pack(solved: list[tuple], ctx) -> tuple[dict, dict]:
             arrays[f"{k}.zero_points"] = q.zero_points
         if lowrank is not None:
             arrays.update({f"{k}.L": lowrank[0], f"{k}.R": lowrank[1]})
-        sites.append({"name": site.name, "note": ctx.notes["weights"][site.name]})
+        sites.append({"name": site.name, "note": ctx.notes.weights[site.name]})
     return arrays, {"sites": sites}
 
 

@@ -42,7 +42,7 @@ class RotateHeads(Pass):
                 pairs.setdefault(v.name, (v, [by_node[r] for r in path.readers], path.head_dim))
         stats = self._statistics(graph, ctx, pairs)
         counts: Counter[str] = Counter()
-        notes = ctx.notes.setdefault("rotations", {})
+        notes = ctx.notes.rotations
         for v, outs, hd in pairs.values():
             if v.bias() is not None:
                 raise PreconditionError(f"{v.name} has a bias; per-head rotation of a biased value projection "

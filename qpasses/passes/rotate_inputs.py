@@ -73,7 +73,7 @@ class RotateInputs(Pass):
             raise RecipeError(f"rotate_inputs found no linear reading {' or '.join(self.settings.inputs)} inputs")
         stats = self._statistics(graph, ctx, groups)
         counts: Counter[str] = Counter()
-        notes = ctx.notes.setdefault("rotations", {})
+        notes = ctx.notes.rotations
         for x, sites in groups.items():
             k = sites[0].shape[1]
             w = sample_rows(np.concatenate([s.weight() for s in sites]), GATE_ROWS, self.settings.seed)

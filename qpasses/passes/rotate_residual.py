@@ -60,7 +60,7 @@ class RotateResidual(Pass):
             fold = rot.fold_into_inputs if role == "in" else rot.fold_into_outputs
             site.set_weight(fold(site.weight()))
             counts[f"rotate.residual.{'reader' if role == 'in' else 'writer'}"] += 1
-        ctx.notes.setdefault("rotations", {})["residual"] = info
+        ctx.notes.rotations["residual"] = info
         return dict(counts)
 
     def _statistics(self, graph, ctx, sites, roles):

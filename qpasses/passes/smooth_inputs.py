@@ -131,7 +131,8 @@ class SmoothInputs(Pass):
             why = f"; {len(skipped)} had no producer able to absorb 1/s ({', '.join(skipped[:3])})" if skipped else ""
             raise RecipeError(f"smooth_inputs found no linear reading {' or '.join(self.settings.inputs)} inputs{why}")
         self._measure(graph, ctx, groups)
-        notes = ctx.notes.setdefault("smoothing", {"skipped": skipped})
+        notes = ctx.notes.smoothing
+        notes.setdefault("skipped", skipped)
         counts: Counter[str] = Counter()
         for cls in CLASSES:
             members = [g for g in groups if g.cls == cls]

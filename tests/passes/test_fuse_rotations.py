@@ -136,5 +136,5 @@ def test_other_rotations_are_left_alone(rot):
     ctx, before = Context(), stage.fingerprint()
     assert FuseRotations().run(stage, ctx) == {"fuse.rotation": 0}  # the manager refuses this zero
     assert stage.fingerprint() == before and all("hadamard_block" not in n.attributes for n in _ops(model))
-    assert ("left factor" if rot.left is not None else "is not H_32") in ctx.notes["fuse_rotations"][0]
+    assert ("left factor" if rot.left is not None else "is not H_32") in ctx.notes.misses["fuse_rotations"][0]
 

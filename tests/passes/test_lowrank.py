@@ -22,7 +22,7 @@ SRR = {"block_size": 32, "gptq": True, "rank": 4}
 
 
 def notes(ctx):
-    return ctx.notes["weights"]
+    return ctx.notes.weights
 
 
 def test_a_zero_branch_changes_nothing(model):
@@ -122,7 +122,7 @@ def test_a_bit_budget_spreads_ranks_by_benefit():
     errors = []
     for bits in (0.5, 2.0):
         graph, counts, ctx = transform(build_tiny_llama(), [("optimize_weights", {**budget, "budget": bits})])
-        alloc = ctx.notes["lowrank_budget"]
+        alloc = ctx.notes.lowrank_budget
         assert 0 < alloc["spent"] <= bits
         sites = [s for s in graph.sites() if s.name in notes(ctx)]
         stored = sum(16 * (f.size) for s in sites if graph.lowrank(s) for f in graph.lowrank(s)[1:])

@@ -30,7 +30,7 @@ CASES = {
 
 
 def errors(ctx):
-    notes = ctx.notes["weights"]
+    notes = ctx.notes.weights
     return np.array([v["rtn"] for v in notes.values()]), np.array([v["optimized"] for v in notes.values()])
 
 
@@ -56,9 +56,9 @@ def test_self_objective_measures_each_linear_after_the_earlier_ones_are_quantize
     m, _ = model
     _, _, float_ctx = transform(m, [("optimize_weights", {"block_size": 32, "objective": "unquantized"})])
     _, _, self_ctx = transform(m, [("optimize_weights", {"block_size": 32, "objective": "self"})])
-    first = next(iter(float_ctx.notes["weights"]))
-    assert float_ctx.notes["weights"][first] == self_ctx.notes["weights"][first]  # layer 0 sees the same input
-    assert float_ctx.notes["weights"] != self_ctx.notes["weights"]
+    first = next(iter(float_ctx.notes.weights))
+    assert float_ctx.notes.weights[first] == self_ctx.notes.weights[first]  # layer 0 sees the same input
+    assert float_ctx.notes.weights != self_ctx.notes.weights
 
 
 def test_quantized_activations_are_what_gptq_sees(model):

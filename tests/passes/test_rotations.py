@@ -82,7 +82,7 @@ def test_structure_is_found_by_pattern():
 
 def test_torq_records_its_choices():
     _, counts, ctx = transform(build_tiny_llama(), TORQ)
-    notes = ctx.notes["rotations"]
+    notes = ctx.notes.rotations
     assert "residual" in notes and any(k.startswith("online.") for k in notes)
     assert counts["rotate_inputs"] == {"rotate.online.other": 2}
 

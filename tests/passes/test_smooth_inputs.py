@@ -56,7 +56,7 @@ def test_scales_preserve_logits_in_onnxruntime_and_the_decoder(model, case, tmp_
 
 def test_the_ladder_of_policies_is_recorded():
     _, _, ctx = transform(build_tiny_llama(), CASES["online"])
-    notes = ctx.notes["smoothing"]
+    notes = ctx.notes.smoothing
     other = notes["classes"]["other"]
     assert other["level"] == "trained" and other["selected"].endswith("down_proj")
     assert {r[0] for r in other["quantile"]["table"]} == {0.5}  # quantile-only: alpha fixed
@@ -69,7 +69,7 @@ def test_the_ladder_of_policies_is_recorded():
 
 def test_attention_outputs_have_no_producer_here():
     _, _, ctx = transform(build_tiny_llama(), [UNTIE, ONLINE, ("smooth_inputs", {})])
-    assert all(s.endswith("o_proj") for s in ctx.notes["smoothing"]["skipped"])
+    assert all(s.endswith("o_proj") for s in ctx.notes.smoothing["skipped"])
 
 
 def test_errors_name_the_problem():
