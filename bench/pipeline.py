@@ -51,7 +51,7 @@ SETTINGS = {
                                         "mxfp4-w4a4-srr"]),
     "INT4 W4A4": ("int4-w4a4", 25.0, ["int4-w4a4-rtn", "int4-w4a4-online", "int4-w4a4-smoothrot-trained"]),
 }
-# Peers on the same model, texts and first 20 windows (../shared/reference/peers-handson.md; not run here).
+# Peers on the same model, texts and first 20 windows (docs/evaluation.md#peers; not run here).
 PEERS = {
     "INT4 W4A16": [("ORT MatMulNBitsQuantizer HQQ g64 (asym, float zero point)", 23.66),
                    ("ORT MatMulNBitsQuantizer DEFAULT sym g32", 24.87),
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
           f"speed: bench/generate.py loop (decode {args.tokens} tokens after a 16-token prompt, prefill {args.prompt}), "
           f"median of {args.rounds} interleaved rounds; llama.cpp: llama-bench -p {args.prompt} -n {args.tokens} -r 5.",
           "* peers: measured on the same model, text and windows by earlier hands-on runs "
-          "(../shared/reference/peers-handson.md), not re-run here.", ""]
+          "(docs/evaluation.md#peers), not re-run here.", ""]
     md += tables(composed, ablation, refs, speed, llama, windows)
     names = plots(out, args.model, [*composed.values(), *refs.values(), *(r for rows in ablation.values() for r in rows)],
                   speed, llama)

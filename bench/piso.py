@@ -5,7 +5,7 @@ input Hessians: the time each takes and the objective each reaches, side by side
 
 For each linear of the chosen layers, H = XᵀX of its input over `windows` calibration windows of
 512 tokens; per block of `group` columns the objective is the layer output error
-‖X(w − ŵ)‖² (algorithms.md 4.1, dense H block, INT4 symmetric). The grid tries n scales in
+‖X(w − ŵ)‖² (docs/methods.md#piso, dense H block, INT4 symmetric). The grid tries n scales in
 [lo, hi]·amax/7 (default [0.1, 1.2]) for growing n; the table gives, summed over all blocks, the grid's output
 error relative to PiSO's and both times, and the smallest n at which the grid comes within 0.1% and
 0.01% of PiSO. Writes the table to bench/results/<model>/piso.md (--out names another file).

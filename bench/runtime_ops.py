@@ -1,7 +1,7 @@
 """Benchmark the qpasses custom ops (MatMulMXFP4, MatMulInt4) against ORT's MatMulNBits and fp32 MatMul
 on a SmolLM2-135M-shaped linear stack, decode (M=1) and prefill (M=512).
 
-Method (see /work/shared/reference/runtime.md sections 3.5 and 4):
+Method (the table is described in docs/runtime.md#speed-of-the-ops):
 
 * Graph. 30 layers x {q 576x576, k 576x192, v 576x192, o 576x576, gate 576x1536, up 576x1536,
   down 1536x576} (K x N), distinct random weights per layer, chained x -> q -> o -> gate/up -> Mul -> down ->

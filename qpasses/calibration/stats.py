@@ -1,4 +1,4 @@
-"""Streaming per-channel statistics of one linear's input x[T, K] (algorithms.md 2.4).
+"""Streaming per-channel statistics of one linear's input x[T, K] (docs/methods.md#calibration-statistics).
 
 Every statistic is mergeable and bounded by the spec, never by the number of tokens seen:
 

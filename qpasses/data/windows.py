@@ -1,4 +1,4 @@
-"""Token windows for perplexity and calibration (the protocol of model-eval.md section 4).
+"""Token windows for perplexity and calibration (the protocol of docs/evaluation.md#windows).
 
 A text is tokenized in one piece, without BOS or other special tokens. Evaluation takes the first
 `n` non-overlapping windows; calibration takes random non-overlapping windows with a fixed seed,

@@ -1,6 +1,6 @@
 """The layer error probe: where the quantization error comes from, site by site, pass by pass.
 
-For every linear site, on held-out calibration tokens (algorithms.md 3.2, normalized):
+For every linear site, on held-out calibration tokens (docs/methods.md#layer-error, normalized):
 
     E = ||X Wfᵀ − Qa(X) Wqᵀ − X L R||²_F / ||X Wfᵀ||²_F
 

@@ -1,6 +1,6 @@
 """Perplexity over fixed token windows, the same protocol for torch models and ONNX sessions.
 
-Protocol (model-eval.md section 4): windows [n, length] of token ids, every position attended
+Protocol (docs/evaluation.md#perplexity): windows [n, length] of token ids, every position attended
 (all-ones mask), batches of `batch_size` windows; each window scores its tokens 1..length-1
 against the logits at positions 0..length-2, so n x (length - 1) tokens are scored
 (80 x 512 -> 40,880). The per-token cross-entropy is computed from fp32 logits and summed in

@@ -32,7 +32,7 @@ other names are aliases (`Programs.tied`).
 
 OPSET = 21 is the one ONNX opset every export uses: blocked DequantizeLinear exists from 21.
 
-Pitfalls handled here (reference/model-eval.md 6):
+Pitfalls handled here (docs/evaluation.md#export):
 - packed-sequence check: transformers runs it only when attention_mask is None and there is no
   cache; both programs always take an attention_mask input, so it never runs.
 - sdpa's `is_causal = q_len > 1` SymBool with a dynamic query length: it only bites when no

@@ -5,16 +5,17 @@ it. Nothing here recognizes modules by name: each analysis follows a tensor forw
 rotation would start and checks every use against a short table of ops known to commute; any
 other use ends the analysis, and `residual_stream` names it in its error.
 
-Residual stream, rotation R on the hidden dim (algorithms.md 2.2 item 3):
+Residual stream, rotation R on the hidden dim (docs/methods.md#residual-rotation):
     embedding(E R, ids)     = embedding(E, ids) R       the table writes the stream
     x (Rᵀ W)ᵀ + b R         = (x Wᵀ + b) R              a writer: linear output added into it
     a R + b R               = (a + b) R
     mean((x R)², -1)        = mean(x², -1)              R orthogonal: ||x R|| = ||x||
     (x R) · s               = (x · s) R                 s a scalar per token (or a constant)
     (x R)(W R)ᵀ             = x Wᵀ                      a reader
-Head blocks, rotation I ⊗ R2 on the head dim (item 4): reshapes that keep head_dim-wide chunks
-whole, transposes, slices, expands and cats of the other dims, and attention's P · V (it mixes
-tokens only) commute; o_proj reads x (I ⊗ R2) with W (I ⊗ R2), v_proj writes with (I ⊗ R2)ᵀ W.
+Head blocks, rotation I ⊗ R2 on the head dim (docs/methods.md#head-rotation): reshapes that keep
+head_dim-wide chunks whole, transposes, slices, expands and cats of the other dims, and attention's
+P · V (it mixes tokens only) commute; o_proj reads x (I ⊗ R2) with W (I ⊗ R2), v_proj writes
+with (I ⊗ R2)ᵀ W.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where a per-channel scale on a linear's input can be absorbed offline, found by pattern.
 
-Smoothing (algorithms.md 2.2 items 6-7) divides a linear input x by s channel-wise and multiplies
+Smoothing (docs/methods.md#channel-scale-folding) divides a linear input x by s channel-wise and multiplies
 the reading weights' columns by s; the division must fold into whatever produced x:
     norm      x = n ⊙ γ, γ a 1-D parameter:        (n ⊙ γ) diag(1/s) = n ⊙ (γ / s)
     rows      x = a ⊙ (u Wᵀ + b), W a linear's:     a ⊙ (u (diag(1/s) W)ᵀ + b / s) = x diag(1/s)

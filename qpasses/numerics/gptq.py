@@ -1,12 +1,12 @@
 """GPTQ: column-by-column quantization of W[N, K] with the rounding error of each column spread
-over the columns not yet quantized, through the inverse Hessian H = XᵀX (algorithms.md 4.5).
+over the columns not yet quantized, through the inverse Hessian H = XᵀX (docs/methods.md#gptq).
 
 Identity relied on: for a column j quantized to ŵ_j, the update W[:, j+1:] -= e_j ⊗ U[j, j+1:] / U[j, j]
 (U the upper Cholesky factor of H⁻¹) minimizes ‖X(W − Ŵ)ᵀ‖² over the remaining columns, so the
 layer error falls below round-to-nearest's for the same scales.
 
 Scales are chosen group by group on the already error-corrected weights (group-interleaved, the
-PiSO + GPTQ of algorithms.md 4.5): columns are ordered group by group (act-order: groups by their
+PiSO + GPTQ of docs/methods.md#gptq): columns are ordered group by group (act-order: groups by their
 summed diag(H), columns inside a group by diag(H), both descending), and when GPTQ reaches the first
 column of a group, `scales_for(w_group [N, g], h_group [g, g])` returns that group's scale per row.
 Per-channel (one group) is the layer-interleaved mode: scales once, from the whole row.

@@ -1,5 +1,5 @@
 """PiSO: the exactly optimal scale of a symmetric weight quantizer under a quadratic objective
-(algorithms.md 4). Torch, float64; no graph library.
+(docs/methods.md#piso). Torch, float64; no graph library.
 
 A row w[D] is quantized as s·q with q = nearest point of an unscaled grid 𝒢 ∋ 0 to w / s (clamped
 at the grid's ends). With H = X̃ᵀX̃ and b = H w (the "unquantized" and "self-activation" objectives,

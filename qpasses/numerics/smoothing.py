@@ -1,4 +1,5 @@
-"""Channel smoothing scales for one linear y = x Wᵀ (algorithms.md 3): policies, error, search, training.
+"""Channel smoothing scales for one linear y = x Wᵀ: policies, error, search, training
+(docs/methods.md#smoothing-scales).
 
 Identity relied on: (x diag(1/s) R)(W diag(s) R)ᵀ = x Wᵀ for any s > 0 and orthogonal R, so the
 scales only move quantization difficulty between activations and weights (scale-then-rotate).

@@ -1,6 +1,6 @@
 """SRR: a weight as Q + L·R, with a rank budget r split between preserving the top-k subspace of
 S·W before quantization and reconstructing the quantization error with the other r − k
-(algorithms.md 5). Torch, float64; no graph library.
+(docs/methods.md#srr-and-qer). Torch, float64; no graph library.
 
 Orientation as in the spec: W [K, N] (K = inputs, the transpose of a torch weight), S = (Σ + λI)^½
 with Σ the input second moment, so ‖S (W − Ŵ)‖²_F = E‖x (W − Ŵ)‖² (times the token count when Σ

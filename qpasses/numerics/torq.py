@@ -1,4 +1,4 @@
-"""TORQ: a two-level orthogonal rotation R = U ⊗ R32 for MXFP4 activations (algorithms.md 6.3-6.5).
+"""TORQ: a two-level orthogonal rotation R = U ⊗ R32 for MXFP4 activations (docs/methods.md#torq).
 
 Level 1, inter-block: features split into n_b blocks of 32; the block-Gram
 C[b, c] = Σ_p G[32b + p, 32c + p] of the feature Gram G holds the block energies on its diagonal,
@@ -73,7 +73,7 @@ def code_entropy(x: np.ndarray, rotation: Rotation) -> float:
 def intra_candidates(seed: int, count: int = 8) -> list[tuple[str, np.ndarray]]:
     """The R32 candidates: I, H32 and diag(σ_k)·H32 (σ_k = random_signs(32, seed + k)), normalized.
 
-    The signs go before the Hadamard (algorithms.md writes H32·diag(σ)): signs after it only flip
+    The signs go before the Hadamard (diag(σ)·H32, docs/methods.md#torq): signs after it only flip
     output signs, to which MXFP4 is symmetric, so it would quantize like H32 (same magnitudes, same
     layer error; only the ± balance of the code histogram moves).
     """

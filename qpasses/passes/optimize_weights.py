@@ -1,5 +1,5 @@
 """optimize_weights: weights quantized against calibration data: PiSO or grid scales, GPTQ codes
-(algorithms.md 4).
+(docs/methods.md#piso, #gptq, #srr-and-qer).
 
 Identity relied on: ‖X Wᵀ − X Ŵᵀ‖²_F = Σ_rows (w − ŵ)ᵀ H (w − ŵ) with H = XᵀX, so every choice
 here (a block's scale by PiSO or a grid, GPTQ's error-corrected codes) lowers one layer's output

@@ -1,6 +1,6 @@
 """rotate_heads: a per-head rotation R2 folded into each value projection and output projection.
 
-Identity relied on (algorithms.md 2.2 item 4, checked op by op in ir.fx_flow): attention mixes
+Identity relied on (docs/methods.md#head-rotation, checked op by op in ir.fx_flow): attention mixes
 tokens, never channels within a head, so v_proj writing with W_v ← (I ⊗ R2)ᵀ W_v and o_proj
 reading with W_o ← W_o (I ⊗ R2) preserve the function for any orthogonal R2 of the head size;
 grouped-query heads need nothing special, since every head gets the same R2. The KV cache then

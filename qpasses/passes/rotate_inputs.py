@@ -2,7 +2,7 @@
 
 Identity relied on: (x R)(W R)ᵀ = x Wᵀ for orthogonal R, whatever produced x, so this works
 where nothing can absorb the rotation offline: down_proj's input silu(gate) ⊙ up, or an o_proj
-rotation that mixes heads (algorithms.md 2.2 item 5). Each distinct input gets one node,
+rotation that mixes heads (docs/methods.md#online-rotations). Each distinct input gets one node,
 `torch.ops.qpasses.rotate` (two small MatMuls for a Kronecker-factored R, one for a block
 rotation), shared by the linears that read it; it survives ONNX export as standard ops.
 Which inputs, found by pattern (ir.fx_flow), never by module name:

@@ -1,6 +1,6 @@
 """rotate_residual: one rotation R1 of the residual stream, folded into every weight around it.
 
-Identities relied on (algorithms.md 2.2 item 3, checked op by op in ir.fx_flow): the embedding
+Identities relied on (docs/methods.md#residual-rotation, checked op by op in ir.fx_flow): the embedding
 table E ← E R1 and every linear writing into the stream W ← R1ᵀ W put the stream in the rotated
 basis; RMS norms with γ = 1 commute with R1; every linear reading the stream W ← W R1 undoes
 it: (x R1)(W R1)ᵀ = x Wᵀ. Needs fold_norms (and untie_embeddings for a tied lm_head) first.

@@ -1,4 +1,4 @@
-"""smooth_inputs: learned channel scales x ↦ x diag(1/s), W ↦ W diag(s) (SmoothRot, algorithms.md 3).
+"""smooth_inputs: learned channel scales x ↦ x diag(1/s), W ↦ W diag(s) (SmoothRot, docs/methods.md#smoothing-scales).
 
 Identity relied on: (x diag(1/s) R)(W diag(s) R)ᵀ = x Wᵀ; 1/s folds into x's producer (a norm
 scale, or up_proj's rows for down_proj; ir.fx_scales), s into the reading weights' columns, before

@@ -1,8 +1,9 @@
 """untie_embeddings: a linear that shares its weight with an embedding table gets its own copy.
 
 Identity relied on: none changes, W_lm = E stays true at the moment of the split; afterwards
-the two may be transformed differently (a norm scale folded into the lm_head only, algorithms.md
-2.2 item 1). The file grows by one table unless a later pass shares it again. Stage: fx.
+the two may be transformed differently (a norm scale folded into the lm_head only,
+docs/methods.md#untie-and-fold-norms). The file grows by one table unless a later pass shares it
+again. Stage: fx.
 """
 
 from __future__ import annotations

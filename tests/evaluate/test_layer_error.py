@@ -1,4 +1,4 @@
-"""The layer error probe on tiny-llama: its numbers are the formula of algorithms.md 3.2 computed
+"""The layer error probe on tiny-llama: its numbers are the formula of docs/evaluation.md#the-report computed
 by hand on the Hugging Face model, it is off for rotation-only recipes and when disabled, and
 it lands in report.json."""
 

@@ -17,7 +17,7 @@ ALL_FORMATS = [
 
 
 def int_sym_reference(x, bits, group):
-    """model-eval.md 9 int_sym (s = amax/qmax, round(x / s) half-even, clamp), one group per row."""
+    """docs/methods.md#int4 symmetric (s = amax/qmax, round(x / s) half-even, clamp), one group per row."""
     qmax = F32(2 ** (bits - 1) - 1)
     xg = x.reshape(-1, group)
     amax = np.abs(xg).max(-1, keepdims=True)
@@ -67,7 +67,7 @@ def test_ragged_group_576_by_128():
 
 
 def gptq_asym(blocks, bits, scales=None):
-    """algorithms.md 1.1 asymmetric rule on [..., B] blocks; scales default to (hi - lo) / L in float32."""
+    """docs/methods.md#int4 asymmetric rule on [..., B] blocks; scales default to (hi - lo) / L in float32."""
     top = F32(2**bits - 1)
     lo, hi = np.minimum(blocks.min(-1), F32(0)), np.maximum(blocks.max(-1), F32(0))
     flat = lo == hi

@@ -1,4 +1,4 @@
-"""MXFP4: E2M1 / E8M0 codes, rounding ties, scale rules, weight quantization (algorithms.md 1.2)."""
+"""MXFP4: E2M1 / E8M0 codes, rounding ties, scale rules, weight quantization (docs/methods.md#mxfp4)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ FLOOR, EVEN = WeightFormat("mxfp4", 32), WeightFormat("mxfp4", 32, scale_rule="e
 
 
 def table_round(a):
-    """The magnitude decision table of algorithms.md 1.2, written out."""
+    """The magnitude decision table of docs/methods.md#mxfp4, written out."""
     return np.select([a <= 0.25, a < 0.75, a <= 1.25, a < 1.75, a <= 2.5, a < 3.5, a <= 5],
                      [0, 0.5, 1, 1.5, 2, 3, 4], 6).astype(F32)
 
 
 def frexp_reference(x, rule="floor"):
-    """model-eval.md 9 reference MXFP4 (frexp exponent), in numpy; "even" bumps e at >= 1.75 * 2^f."""
+    """MXFP4 of docs/methods.md#mxfp4 from the frexp exponent, in numpy; "even" bumps e at >= 1.75 * 2^f."""
     xb = x.reshape(-1, 32)
     amax = np.abs(xb).max(-1, keepdims=True)
     mant, e = np.frexp(np.where(amax > 0, amax, F32(1)))

@@ -147,7 +147,7 @@ def test_damaged_cache_folder_says_delete_it(isolated_cache, tiny_folder):
 
 @pytest.mark.slow
 def test_real_smollm2(monkeypatch, tmp_path):
-    """Download (or reuse the user cache), convert, check the config of model-eval.md section 2, and
+    """Download (or reuse the user cache), convert, check the config of docs/evaluation.md#the-model, and
     check the cached folder reloads bit-identical to a fresh dequantization of the GGUF."""
     monkeypatch.delenv("QPASSES_CACHE")  # the real cache: the 540 MB conversion is done once per machine
     loaded = load_model("smollm2-135m")
