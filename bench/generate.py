@@ -61,7 +61,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 import qpasses.runtime
-from qpasses.evaluate.generate import Decoder
+from qpasses.evaluate.decoder import Decoder
 from qpasses.evaluate.session import ort_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ __all__ = ["compile", "load_recipe"]
 
 def __getattr__(name):  # keep `import qpasses` light: torch and onnx load on first use
     if name == "compile":
-        from qpasses.pipeline import compile
+        from qpasses.compiler import compile
 
         return compile
     if name == "load_recipe":

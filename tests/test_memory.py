@@ -4,13 +4,13 @@ exported, and the float initializers the packed ops replaced as soon as lowering
 import gc
 import weakref
 
-from qpasses import pipeline
+from qpasses import compiler
 from qpasses.passes import lower_linears
 
 
 def test_stage_a_and_replaced_float_weights_are_freed_before_the_deployment_is_written(tmp_path, monkeypatch):
     exported, checked = [], []
-    to_stage_b, drop_unread = pipeline.to_stage_b, lower_linears._drop_unread
+    to_stage_b, drop_unread = compiler.to_stage_b, lower_linears._drop_unread
 
     def export(fx_graph):
         exported.append(weakref.ref(fx_graph))
@@ -21,9 +21,9 @@ def test_stage_a_and_replaced_float_weights_are_freed_before_the_deployment_is_w
         gc.collect()
         checked.append((exported[0]() is None, [n for n, v in graph.initializers.items() if not v.uses()]))
 
-    monkeypatch.setattr(pipeline, "to_stage_b", export)
+    monkeypatch.setattr(compiler, "to_stage_b", export)
     monkeypatch.setattr(lower_linears, "_drop_unread", after_lowering)
-    pipeline.compile("tiny-llama", "int4-w4a16-rtn", tmp_path / "out", no_eval=True, progress=False)
+    compiler.compile("tiny-llama", "int4-w4a16-rtn", tmp_path / "out", no_eval=True, progress=False)
     assert checked and all(freed and not unread for freed, unread in checked)
 
 
@@ -34,7 +34,7 @@ def test_weights_in_mapped_files_give_the_same_bytes_and_leave_no_mapping(tmp_pa
     from qpasses.checkpoint import partial_dir
 
     def run(out):
-        pipeline.compile("tiny-llama", "int4-w4a16", out, no_eval=True, progress=False, threads=1, calib_windows=8)
+        compiler.compile("tiny-llama", "int4-w4a16", out, no_eval=True, progress=False, threads=1, calib_windows=8)
 
     gc.collect()
     before = offload.mapped_bytes()  # other tests' fixtures may hold mapped weights

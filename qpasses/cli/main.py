@@ -27,7 +27,7 @@ examples:
 
 
 def _run(args) -> int:
-    from qpasses.pipeline import Options, run
+    from qpasses.compiler import Options, run
 
     opts = Options(model=args.model, recipe=args.recipe, out=args.out, tokenizer=args.tokenizer,
                    calib_windows=args.calib_windows, eval_windows=args.eval_windows, eval_text=args.text,
@@ -53,7 +53,7 @@ examples:
 
 
 def _generate(args) -> int:
-    from qpasses.evaluate.generate import generate_text
+    from qpasses.evaluate.decoder import generate_text
 
     def show(piece: str) -> None:
         sys.stdout.write(piece)

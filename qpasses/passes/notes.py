@@ -1,7 +1,7 @@
 """What passes record for the deployment's manifest.json: one declared structure, written whole.
 
 A pass writes only into these fields (the class has slots: an undeclared name is an
-AttributeError, not a key the manifest silently drops); `pipeline.manifest` copies every field.
+AttributeError, not a key the manifest silently drops); `compiler.manifest` copies every field.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from qpasses.numerics.rotation import Rotation
 from qpasses.passes.base import Context
 from qpasses.passes.fuse_rotations import FuseRotations
 from qpasses.passes.registry import PASSES
-from qpasses.pipeline import to_stage_b
+from qpasses.compiler import to_stage_b
 from qpasses.runtime import DOMAIN
 from qpasses.runtime.ops import INPUTS
 

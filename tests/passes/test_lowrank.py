@@ -16,7 +16,7 @@ from qpasses.formats import dequantize_weight
 from qpasses.ir.fx_stage import LOWRANK_PREFIX
 from qpasses.passes.optimize_weights import Settings, Solver
 from qpasses.passes.registry import PASSES
-from qpasses.pipeline import to_stage_b
+from qpasses.compiler import to_stage_b
 
 SRR = {"block_size": 32, "gptq": True, "rank": 4}
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from qpasses.passes.notes import Notes
-from qpasses.pipeline import manifest
+from qpasses.compiler import manifest
 
 
 def test_the_manifest_keeps_every_note():

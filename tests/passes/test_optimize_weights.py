@@ -14,7 +14,7 @@ from qpasses.errors import InputError, PreconditionError, RecipeError
 from qpasses.formats import dequantize_weight
 from qpasses.passes.base import Context
 from qpasses.passes.registry import PASSES
-from qpasses.pipeline import to_stage_b
+from qpasses.compiler import to_stage_b
 
 CASES = {
     "int4-grid-mse": {"block_size": 32, "scales": "grid", "hessian": "identity"},

@@ -16,7 +16,7 @@ from qpasses.errors import PreconditionError, RecipeError
 from qpasses.ir.fx_flow import head_paths, residual_stream
 from qpasses.passes.base import Context
 from qpasses.passes.registry import PASSES
-from qpasses.pipeline import stage_a, to_stage_b
+from qpasses.compiler import stage_a, to_stage_b
 
 CANON = [("untie_embeddings", {}), ("fold_norms", {})]
 QUAROT = [*CANON, ("rotate_residual", {}), ("rotate_heads", {}), ("rotate_inputs", {})]

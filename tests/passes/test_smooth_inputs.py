@@ -14,7 +14,7 @@ from qpasses.models.tiny import build_tiny_llama
 
 from qpasses.errors import PreconditionError, RecipeError
 from qpasses.passes.registry import PASSES
-from qpasses.pipeline import to_stage_b
+from qpasses.compiler import to_stage_b
 
 UNTIE, FOLD = ("untie_embeddings", {}), ("fold_norms", {})
 ONLINE = ("rotate_inputs", {"inputs": ["norm", "attention", "other"]})

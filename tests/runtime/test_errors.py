@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from op_models import op_model, random_weights, run
+from op_session import run
+
+from qpasses.runtime.op_models import op_model, random_weights
 
 from qpasses.errors import InputError
 from qpasses.runtime.ops import OpConfig

@@ -13,7 +13,7 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-from op_models import op_model, random_weights
+from qpasses.runtime.op_models import op_model, random_weights
 
 from qpasses.errors import InputError
 from qpasses.runtime import session

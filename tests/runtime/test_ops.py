@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from op_models import op_model, random_weights, run
+from op_session import run
+
+from qpasses.runtime.op_models import op_model, random_weights
 
 from qpasses.evaluate.session import ort_session
 from qpasses.formats import ActFormat, WeightFormat, fake_quant_activation_np, quantize_weight

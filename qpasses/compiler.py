@@ -1,4 +1,4 @@
-"""The pipeline: one call from a model and a recipe to a deployed folder and a report.
+"""The compiler: one call from a model and a recipe to a deployed folder and a report.
 
     import qpasses
     report = qpasses.compile("smollm2-135m", "int4-w4a16", "out/int4")
