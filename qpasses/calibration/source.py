@@ -51,7 +51,7 @@ class CalibrationSource:
         if tap not in TAPS:
             raise ValueError(f"tap must be one of {', '.join(TAPS)}, got {tap!r}")
         if tap != "input" and graph.stage != "fx":
-            raise PreconditionError(f"tap {tap!r} is measured on the torch stage only")
+            raise PreconditionError(f"tap {tap!r} is measured on stage A (fx) only")
         windows = self.windows()[1 if heldout else 0][:limit]
         key = (f"{graph.fingerprint()}:{tap}", windows_digest(windows), spec)
         names = [s.name for s in sites]

@@ -75,7 +75,7 @@ class FxTable(TensorSite):
 
 
 class FxStage:
-    """The torch graph stage over a `qpasses.export.capture.Programs`."""
+    """Stage A ("fx"): the graph stage over a `qpasses.export.capture.Programs`."""
 
     stage = "fx"
 
