@@ -127,3 +127,14 @@ def test_passes_that_quantize_weights_share_one_settings_block():
         assert getattr(next(p for p in passes if p.name == pass_name).settings, key) == value
     with pytest.raises(RecipeError, match="symmetric int4 or int8"):
         PASSES["quantize_embeddings"](symmetric=False)
+
+
+@pytest.mark.parametrize("body", ['description = "x"\n[[pass]]\nname = "fuse_norms"\n',
+                                  '[[pass]]\nuse = "deploy-qpasses"\n', '[[pass]]\ntarget = "qdq"\n'])
+def test_a_fragment_holds_only_named_passes(body, tmp_path, monkeypatch):
+    import qpasses.recipe
+
+    (tmp_path / "mine.toml").write_text(body)
+    monkeypatch.setattr(qpasses.recipe, "fragments", lambda: {"mine": tmp_path / "mine.toml"})
+    with pytest.raises(RecipeError, match="fragment 'mine' must hold only named"):
+        parse('[[pass]]\nuse = "mine"\n', "r")
