@@ -38,6 +38,7 @@ import generate  # noqa: E402  (bench/generate.py: the ORT speed loop)
 from qpasses.recipe import COMPOSED, load_recipe, parse  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "pipeline"
+ABLATIONS = ROOT / "bench" / "recipes"  # the recipes that are not built in, by name
 FP = ("fp", "fp", [])
 NBITS = ("int4-w4a16-rtn-full-nbits", "int4-w4a16-rtn-full", ["lower_linears.target=matmulnbits"])
 # setting -> (composed recipe, target ppl on 80 windows, ablation recipes: RTN first, then single stages)
@@ -78,16 +79,22 @@ def runs_the_same(text: str) -> tuple:
     return r.passes, r.ignore, r.overrides
 
 
+def recipe_ref(name: str) -> str:
+    """What `--recipe` takes for a recipe name: the path of bench/recipes/NAME.toml, or the built-in name."""
+    f = ABLATIONS / f"{name}.toml"
+    return str(f) if f.is_file() else name
+
+
 def measure(name: str, recipe: str, sets: list[str], windows: int, args, eval20: bool = False) -> dict:
     """The run's report (reused when the same recipe text and windows made it), plus `ppl20`."""
-    out = args.runs / name
-    want = runs_the_same(load_recipe(recipe).with_sets(sets).text)
+    out, ref = args.runs / name, recipe_ref(recipe)
+    want = runs_the_same(load_recipe(ref).with_sets(sets).text)
     path, manifest = out / "report.json", out / "manifest.json"
     old = json.loads(path.read_text()) if path.is_file() and manifest.is_file() else None
     if args.rerun or not old or old.get("eval_windows") != windows or old.get("model") != args.model \
             or runs_the_same(json.loads(manifest.read_text())["recipe"]["text"]) != want:
         log(f"run {name} ({windows} windows)")
-        cmd = ["run", "--model", args.model, "--recipe", recipe, "--out", str(out), "--eval-windows", str(windows),
+        cmd = ["run", "--model", args.model, "--recipe", ref, "--out", str(out), "--eval-windows", str(windows),
                "--force", "--no-progress", "--no-layer-error", *[a for s in sets for a in ("--set", s)]]
         cmd += ["--threads", str(args.threads)] if args.threads else []
         cmd += ["--calib-windows", str(args.calib_windows)] if args.calib_windows else []

@@ -1,7 +1,9 @@
-"""Run built-in recipes on a model, one process each, and tabulate their reports.
+"""Run recipes on a model, one process each, and tabulate their reports.
 
     .venv/bin/python bench/recipes.py                      # every RTN recipe on smollm2-135m, 80 windows
     .venv/bin/python bench/recipes.py --recipes fp int4-w4a16-rtn --eval-windows 8
+
+A name is a built-in recipe or one of bench/recipes/NAME.toml (the RTN variants that are not built in).
 
 Writes bench/results/<model>/<recipe>/ (the deployed folders with their reports) and
 bench/results/<model>/recipes.md (the table; --table names another file). Each run is a separate `qpasses run` process so
@@ -22,7 +24,9 @@ DEFAULT = ["fp", "int4-w4a16-rtn", "mxfp4-w4a16-rtn", "int4-w4a8-rtn", "mxfp4-w4
 
 
 def run(model: str, recipe: str, out: Path, args) -> dict:
-    cmd = [sys.executable, "-m", "qpasses.cli.main", "run", "--model", model, "--recipe", recipe, "--out", str(out),
+    f = Path(__file__).parent / "recipes" / f"{recipe}.toml"
+    ref = str(f) if f.is_file() else recipe
+    cmd = [sys.executable, "-m", "qpasses.cli.main", "run", "--model", model, "--recipe", ref, "--out", str(out),
            "--eval-windows", str(args.eval_windows), "--force", "--no-progress"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]

@@ -1,7 +1,7 @@
 """Tabulate learned channel scales (smooth_inputs) from saved runs: the down_proj layer error of
 every rung of the policy ladder, and the perplexity / calibration cost of each run.
 
-    .venv/bin/python -m qpasses.cli.main run --recipe mxfp4-w4a4-smoothrot-trained \\
+    .venv/bin/python -m qpasses.cli.main run --recipe bench/recipes/mxfp4-w4a4-smoothrot-trained.toml \\
         --out bench/results/smollm2-135m/mxfp4-w4a4-smoothrot-trained --no-stage-a-eval
     .venv/bin/python bench/smoothing.py bench/results/smollm2-135m/*smoothrot* bench/results/smollm2-135m/*-online
 

@@ -3,9 +3,9 @@ perplexity against rank, next to the rank-0 run of the same quantizer, with the 
 remaining gap to the float model each rank closes, bits per weight, file size, time and memory.
 
     R=bench/results/smollm2-135m
-    .venv/bin/python -m qpasses.cli.main run --recipe mxfp4-w4a16-srr --threads 1 --out $R/mxfp4-w4a16-srr-r32
+    .venv/bin/python -m qpasses.cli.main run --recipe bench/recipes/mxfp4-w4a16-srr.toml --threads 1 --out $R/mxfp4-w4a16-srr-r32
     .venv/bin/python -m qpasses.cli.main eval $R/mxfp4-w4a16-srr-r32 --windows 20 --json > $R/mxfp4-w4a16-srr-r32/eval20.json
-    .venv/bin/python -m qpasses.cli.main run --recipe mxfp4-w4a16-qer --set optimize_weights.rank=16 \\
+    .venv/bin/python -m qpasses.cli.main run --recipe bench/recipes/mxfp4-w4a16-qer.toml --set optimize_weights.rank=16 \\
         --eval-windows 20 --threads 1 --out $R/mxfp4-w4a16-qer-r16
     .venv/bin/python bench/srr.py $R/*-srr-* $R/*-qer-* [--rank0 mxfp4-w4a16=mxfp4-w4a16-piso-gptq]
 

@@ -3,7 +3,7 @@ their saved folders: perplexity in torch and onnxruntime (80 windows, and the fi
 `eval20.json` is there), quantization time and peak memory, and the layer error each site's
 method reached against round to nearest.
 
-    .venv/bin/python -m qpasses.cli.main run --recipe int4-w4a16-piso-gptq --threads 1 \\
+    .venv/bin/python -m qpasses.cli.main run --recipe bench/recipes/int4-w4a16-piso-gptq.toml --threads 1 \\
         --out bench/results/smollm2-135m/int4-w4a16-piso-gptq
     .venv/bin/python -m qpasses.cli.main eval bench/results/smollm2-135m/int4-w4a16-piso-gptq \\
         --windows 20 --json > bench/results/smollm2-135m/int4-w4a16-piso-gptq/eval20.json

@@ -1,12 +1,14 @@
 """The CLI end to end on tiny-llama: every built-in recipe, the ONNX-input path, eval, bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from qpasses.cli.main import main
-from qpasses.recipe import COMPOSED, builtin_recipes
+from qpasses.recipe import COMPOSED, MOVED_TO_BENCH, builtin_recipes
 
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "recipes"
 TEXT = "The GNU coding standards were written by Richard Stallman and other GNU Project volunteers. " * 60
 
 
@@ -95,9 +97,15 @@ def test_recipes_lists_every_builtin(capsys):
     assert all(name in listed for name in builtin_recipes())
 
 
-@pytest.mark.parametrize("recipe", sorted(set(builtin_recipes()) - {"int4-w4a16-rtn"}))
+# every built-in but the one int4_run covers, and two bench recipes for the rotation-only and
+# smoothing-ladder checks below
+DEPLOYED = sorted(set(builtin_recipes()) - {"int4-w4a16-rtn"}) + ["rotate-hadamard", "mxfp4-w4a4-smoothrot"]
+
+
+@pytest.mark.parametrize("recipe", DEPLOYED)
 def test_every_builtin_recipe_deploys_what_stage_a_computed(recipe, text, tmp_path):
-    assert run("--recipe", recipe, "--eval-windows", 1, "--text", text, "--no-layer-error",
+    ref = BENCH / f"{recipe}.toml" if recipe in MOVED_TO_BENCH else recipe
+    assert run("--recipe", ref, "--eval-windows", 1, "--text", text, "--no-layer-error",
                "--out", tmp_path / recipe) == 0
     r = report(tmp_path / recipe)
     if "smoothrot" in recipe:  # the ladder of scale policies is recorded
@@ -112,7 +120,7 @@ def test_every_builtin_recipe_deploys_what_stage_a_computed(recipe, text, tmp_pa
 
 
 def test_stage_a_eval_can_be_skipped(text, tmp_path):
-    assert run("--recipe", "mxfp4-w4a4-online", "--eval-windows", 1, "--text", text, "--no-stage-a-eval",
+    assert run("--recipe", BENCH / "mxfp4-w4a4-online.toml", "--eval-windows", 1, "--text", text, "--no-stage-a-eval",
                "--out", tmp_path / "x") == 0
     r = report(tmp_path / "x")
     assert r["ppl_stage_a"] is None and r["ppl_quant"] > 0

@@ -68,12 +68,18 @@ def _generate(args) -> int:
 
 
 def _recipes(args) -> int:
-    from qpasses.recipe import builtin_recipes
+    from qpasses.recipe import COMPOSED, DEFAULT_RECIPE, builtin_recipes
 
     items = builtin_recipes()
+    groups = {f"composed: every method in its best measured order (default {DEFAULT_RECIPE})": COMPOSED,
+              "baselines: round to nearest": [n for n in items if n not in COMPOSED and n != "fp"],
+              "reference": ["fp"]}
     width = max(map(len, items))
-    for name, desc in items.items():
-        print(f"{name:<{width}}  {desc}")
+    for title, names in groups.items():
+        print(title)
+        for name in names:
+            print(f"  {name:<{width}}  {items[name]}")
+    print("or any recipe file: --recipe path/to/recipe.toml (the ablation recipes are in the repository's bench/recipes/)")
     return 0
 
 

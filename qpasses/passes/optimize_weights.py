@@ -45,12 +45,12 @@ from qpasses.checkpoint import GroupStore
 from qpasses.errors import PreconditionError
 from qpasses.formats import dequantize_weight, e8m0_encode, quantize_weight
 from qpasses.formats.mxfp4 import block_exponent
-from qpasses.formats.spec import WeightFormat
 from qpasses.formats.weight import QuantizedWeight, block_length
 from qpasses.ir.sites import check_finite, select
 from qpasses.numerics import gptq, piso, srr
 from qpasses.passes.base import Pass
 from qpasses.passes.quantize_weights import on_grid
+from qpasses.passes.weight_format import WeightFormatSettings
 from qpasses.profiling import stage
 
 F64 = torch.float64
@@ -59,9 +59,9 @@ PRESERVE = ("probe", "spectral", "none", "all")
 
 
 @dataclass(frozen=True)
-class Settings:
-    format: str = "int4"  # int4 (symmetric) | mxfp4
-    block_size: int = 64  # int4: 0 = per output channel; mxfp4: always 32
+class Settings(WeightFormatSettings):
+    """format (int4 | mxfp4, symmetric, floor exponents), block_size: weight_format.py."""
+
     scales: str = "piso"  # rtn | grid | piso
     gptq: bool = False
     hessian: str = "dense"  # dense | diag | identity
@@ -77,9 +77,11 @@ class Settings:
     budget_windows: int = 8  # calibration windows for the allocation's statistics
 
     def __post_init__(self):
-        self.weight_format()
+        super().__post_init__()
         checks = [
             (self.format in ("int4", "mxfp4"), f"format must be int4 or mxfp4, got {self.format!r}"),
+            (self.symmetric and self.scale_rule == "floor", "optimize_weights takes symmetric codes and picks "
+             "MXFP4 exponents itself: symmetric = true, scale_rule = floor"),
             (self.scales in ("rtn", "grid", "piso"), f"scales must be rtn, grid or piso, got {self.scales!r}"),
             (self.hessian in ("dense", "diag", "identity"), f"hessian must be dense, diag or identity, got {self.hessian!r}"),
             (self.objective in ("auto", "unquantized", "self"), f"objective must be auto, unquantized or self, got {self.objective!r}"),
@@ -98,9 +100,6 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-
-    def weight_format(self) -> WeightFormat:
-        return WeightFormat(self.format, 32 if self.format == "mxfp4" else self.block_size, True)
 
     @property
     def sequential(self) -> bool:

@@ -13,24 +13,21 @@ from collections import Counter
 from dataclasses import dataclass
 
 from qpasses.errors import RecipeError
-from qpasses.formats.spec import WeightFormat
 from qpasses.ir.sites import select
 from qpasses.passes.base import Pass
 from qpasses.passes.quantize_weights import snap
+from qpasses.passes.weight_format import WeightFormatSettings
 
 
 @dataclass(frozen=True)
-class Settings:
-    format: str = "int4"  # int4 | int8 (GatherBlockQuantized reads them) | mxfp4 (a decode of the gathered rows)
-    block_size: int = 32
+class Settings(WeightFormatSettings):
+    """format (int4 | int8: GatherBlockQuantized reads them; mxfp4: a decode of the gathered rows),
+    block_size, symmetric, scale_rule: weight_format.py."""
 
     def __post_init__(self):
-        fmt = self.weight_format()
-        if fmt.kind not in ("int4", "int8", "mxfp4") or not fmt.block_size:
-            raise ValueError("embeddings take int4 or int8 with a block size of 16, 32, 64, 128 or 256, or mxfp4")
-
-    def weight_format(self) -> WeightFormat:
-        return WeightFormat(self.format, self.block_size, True)
+        super().__post_init__()
+        if not self.weight_format().block_size or not self.symmetric:
+            raise ValueError("embeddings take symmetric int4 or int8 with a block size of 16, 32, 64, 128 or 256, or mxfp4")
 
 
 class QuantizeEmbeddings(Pass):

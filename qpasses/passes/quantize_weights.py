@@ -18,21 +18,12 @@ from qpasses.formats import QuantizedWeight, dequantize_weight, quantize_weight
 from qpasses.formats.spec import WeightFormat
 from qpasses.ir.sites import check_finite, select
 from qpasses.passes.base import Pass
+from qpasses.passes.weight_format import WeightFormatSettings
 
 
 @dataclass(frozen=True)
-class Settings:
-    format: str = "int4"  # int4 | int8 | mxfp4
-    block_size: int = 128  # 0 = per output channel; mxfp4: 32
-    symmetric: bool = True
-    scale_rule: str = "floor"  # mxfp4 only: floor | even
-
-    def __post_init__(self):
-        self.weight_format()  # validates
-
-    def weight_format(self) -> WeightFormat:
-        block = 32 if self.format == "mxfp4" else self.block_size
-        return WeightFormat(self.format, block, self.symmetric, self.scale_rule)
+class Settings(WeightFormatSettings):
+    """format, block_size, symmetric, scale_rule: weight_format.py."""
 
 
 def rule_name(fmt: WeightFormat) -> str:

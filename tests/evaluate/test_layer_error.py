@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,6 +28,7 @@ from qpasses.passes.quantize_activations import QuantizeActivations
 from qpasses.passes.quantize_weights import QuantizeWeights
 from qpasses.recipe import load_recipe
 
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "recipes"
 WFMT, AFMT = WeightFormat("int4", 32), ActFormat("int8", 32)
 
 
@@ -100,7 +102,7 @@ def test_values_are_the_formula_computed_by_hand():
 
 
 def test_online_w4a4_records_each_pass_that_moved_the_error():
-    recipe = load_recipe("mxfp4-w4a4-online")
+    recipe = load_recipe(str(BENCH / "mxfp4-w4a4-online.toml"))
     passes = recipe.instantiate()
     fx = passes[: next(i for i, p in enumerate(passes) if "fx" not in p.stages)]
     probe, _, _ = run_fx(fx, probe_passes=passes)
@@ -123,7 +125,7 @@ def test_repeated_pass_names_are_numbered():
     assert "quantize_activations#2" in pass_order(probe.table)
 
 
-@pytest.mark.parametrize("recipe", ["rotate-hadamard", "fp"])
+@pytest.mark.parametrize("recipe", [str(BENCH / "rotate-hadamard.toml"), "fp"])
 def test_probe_is_off_without_a_quantizing_pass(recipe):
     probe = LayerErrorProbe(load_recipe(recipe).instantiate())
     probe.start(SimpleNamespace(stage="fx"), Context(calibration=Windows()))

@@ -78,6 +78,8 @@ def test_quantized_activations_are_what_gptq_sees(model):
     ({"format": "int8"}, "int4 or mxfp4"),
     ({"block_size": 48}, "block_size"),
     ({"hessian": "full"}, "dense, diag or identity"),
+    ({"symmetric": False}, "symmetric = true"),
+    ({"format": "mxfp4", "scale_rule": "even"}, "scale_rule = floor"),
 ])
 def test_bad_settings_are_recipe_errors(settings, match):
     with pytest.raises(RecipeError, match=match):
