@@ -1,7 +1,7 @@
 """Run recipes on a model, one process each, and tabulate their reports.
 
-    .venv/bin/python bench/recipes.py                      # every RTN recipe on smollm2-135m, 80 windows
-    .venv/bin/python bench/recipes.py --recipes fp int4-w4a16-rtn --eval-windows 8
+    .venv/bin/python bench/run_recipes.py                      # every RTN recipe on smollm2-135m, 80 windows
+    .venv/bin/python bench/run_recipes.py --recipes fp int4-w4a16-rtn --eval-windows 8
 
 A name is a built-in recipe or one of bench/recipes/NAME.toml (the RTN variants that are not built in).
 
@@ -100,7 +100,7 @@ def main() -> None:
         print(f"== {recipe}", flush=True)
         rows.append(run(args.model, recipe, base / recipe, args))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    how = ("rebuilt from the reports saved by earlier `bench/recipes.py` runs" if args.table_only
+    how = ("rebuilt from the reports saved by earlier `bench/run_recipes.py` runs" if args.table_only
            else f"command: `{' '.join(sys.argv)}`")
     text = (f"# {args.model}: built-in recipes, {args.eval_windows} x 512 eval windows\n\n{how}. "
             f"ppl torch = the stage-A program; ppl ORT = the deployed model.onnx in onnxruntime; wall time = the "
