@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnx_ir.passes.common import RemoveUnusedNodesPass
-from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
+from onnxscript.rewriter import RewriteRuleSet
 
 from qpasses.errors import LoweringError
 from qpasses.export.deploy import finalize

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
+from onnxscript.rewriter import RewriteRuleSet
 
 from qpasses.errors import LoweringError, PostconditionError
 from qpasses.evaluate.session import QDQ_MATMULNBITS_ACCURACY_LEVEL

@@ -12,8 +12,7 @@ import hashlib
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from qpasses.formats import QuantizedWeight, dequantize_weight, quantize_weight
 from qpasses.formats.spec import WeightFormat

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnxscript.rewriter._basics import MatchingTracer, MatchStatus
-from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
+from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRuleSet
 
 
 def explain(model: ir.Model, rules: list, node: ir.Node) -> list[str]:
