@@ -72,5 +72,4 @@ class SkipRMSNorm(RewriteRuleClassBase):
         return y
 
 
-def norm_rules() -> list:
-    return [SkipRMSNorm.rule()]
+RULES = (SkipRMSNorm.rule(),)
