@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import onnx_ir as ir
-from onnxscript.rewriter import MatchingTracer, MatchStatus, RewriteRule, RewriteRuleSet
+from onnxscript.rewriter import MatchingTracer, MatchResult, MatchStatus, RewriteRule, RewriteRuleSet
 
 
 def apply_in_order(model: ir.Model, rules: Sequence[RewriteRule]) -> dict[str, int]:
@@ -23,12 +23,13 @@ def apply_in_order(model: ir.Model, rules: Sequence[RewriteRule]) -> dict[str, i
     return counts
 
 
-def failures(model: ir.Model, rules: Sequence[RewriteRule]) -> list[tuple[RewriteRule, ir.Node, str]]:
-    """(rule, node, reason) wherever a rule's pattern matched at `node` but its check failed, in graph order."""
+def failures(model: ir.Model, rules: Sequence[RewriteRule]) -> list[tuple[RewriteRule, ir.Node, MatchResult]]:
+    """(rule, node, failed check) wherever a rule's pattern matched at `node` but its check failed (with a
+    reason), in graph order."""
     tracer = MatchingTracer()
     for rule in rules:
         RewriteRuleSet([rule]).apply_to_model(model, tracer=tracer)
-    found = [(rule, m.root_node, m.match_result.reason) for rule, matches in tracer.best_matches_map.items()
+    found = [(rule, m.root_node, m.match_result) for rule, matches in tracer.best_matches_map.items()
              for m in matches if m.status == MatchStatus.CONDITION_FAILED and m.match_result.reason]
     order = {node: i for i, node in enumerate(model.graph)}
     return sorted(found, key=lambda f: order.get(f[1], len(order)))
@@ -36,4 +37,4 @@ def failures(model: ir.Model, rules: Sequence[RewriteRule]) -> list[tuple[Rewrit
 
 def explain(model: ir.Model, rules: Sequence[RewriteRule], node: ir.Node) -> list[str]:
     """'rule: reason' for every rule whose pattern matched at `node` but whose check failed."""
-    return [f"{rule.name}: {reason}" for rule, root, reason in failures(model, rules) if root is node]
+    return [f"{rule.name}: {result.reason}" for rule, root, result in failures(model, rules) if root is node]
