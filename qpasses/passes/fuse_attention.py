@@ -40,12 +40,14 @@ class FuseAttention(Pass):
         counts = apply_in_order(model, rule_set)
         if counts:
             RemoveUnusedNodesPass()(model)
-        # A failed check names the Softmax that stays (or the tail it matched); a Softmax no tail reads, itself.
+        # A failed check names the Softmax that stays (or the tail it matched); a read Softmax that no
+        # tail matched names itself.
         where = [((check.failure_nodes_and_values or [node])[0], check.reason)
                  for _, node, check in failures(model, rule_set)]
         misses = [f"{node.name}: {why}" for node, why in where]
-        misses += [f"{n.name}: no Reshape(Transpose(MatMul(probs, v))) reads it" for n in g
-                   if n.op_type == "Softmax" and n.domain == "" and n not in {node for node, _ in where}]
+        misses += [f"{n.name}: its readers are not MatMul -> Transpose -> Reshape" for n in g
+                   if n.op_type == "Softmax" and n.domain == "" and n.outputs[0].uses()
+                   and n not in {node for node, _ in where}]
         if misses:
             ctx.notes["fuse_attention"] = misses[:3]  # why some attention stayed unfused
         return counts
