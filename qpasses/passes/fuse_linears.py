@@ -11,6 +11,12 @@ block-diagonal (its zeros are streamed and multiplied: Σr·ΣN values instead o
 Siblings fuse when they are the same op with the same attributes but N, have constant weights, no
 bias or sign input, and all or none carry a low-rank branch (of one dtype). Stage: onnx, after
 lower_linears.
+
+Graph surgery, not an onnxscript rule: the unit of this rewrite is every reader of one value that
+shares a key (op, attributes but N, weights present, low-rank dtype), and their number varies (three
+for q/k/v, two for gate/up, other counts elsewhere). A pattern binds a fixed number of nodes, so a rule
+set would need one multi-output rule per group size, each matched over all orderings of the readers,
+larger sizes first so that a pair does not take two of three; grouping by key is the whole match.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import onnx_ir as ir
 
 from qpasses.errors import PostconditionError
 from qpasses.passes.base import Pass
+from qpasses.rules.base import optional_input
 from qpasses.runtime import DOMAIN
 from qpasses.runtime.ops import INPUTS, OPS
 
@@ -34,21 +41,16 @@ class Settings:
     pass
 
 
-def _input(node: ir.Node, i: int) -> ir.Value | None:
-    """Input i, or None when omitted (trailing optional inputs may be absent from the list)."""
-    return node.inputs[i] if i < len(node.inputs) else None
-
-
 def _key(node: ir.Node):
     """Nodes with equal keys are siblings that can fuse; None if this node cannot."""
     if node.domain != DOMAIN or node.op_type not in OPS:
         return None
     names = INPUTS[node.op_type]
     weights = node.inputs[1:WEIGHT_INPUTS[node.op_type]]
-    lowrank = [_input(node, names.index(p)) for p in "LR"]
+    lowrank = [optional_input(node, names.index(p)) for p in "LR"]
     if any(v is not None and v.const_value is None for v in [*weights, *lowrank]):
         return None
-    if any(_input(node, names.index(p)) is not None for p in ("bias", "D")):
+    if any(optional_input(node, names.index(p)) is not None for p in ("bias", "D")):
         return None  # bias, D: not fused (yet)
     attrs = tuple(sorted((k, a.value) for k, a in node.attributes.items() if k != "N"))
     present = tuple(v is not None for v in weights)
@@ -91,10 +93,10 @@ def _concat(graph: ir.Graph, values: list[ir.Value], how: str = "rows") -> ir.Va
 def _fuse(graph: ir.Graph, group: list[ir.Node]) -> None:
     first = group[0]
     nw = WEIGHT_INPUTS[first.op_type]
-    inputs = [first.inputs[0]] + [None if _input(first, i) is None else _concat(graph, [n.inputs[i] for n in group])
-                                  for i in range(1, nw)]
+    inputs = [first.inputs[0]] + [None if optional_input(first, i) is None
+                                  else _concat(graph, [n.inputs[i] for n in group]) for i in range(1, nw)]
     names = INPUTS[first.op_type]
-    if _input(first, names.index("L")) is not None:
+    if optional_input(first, names.index("L")) is not None:
         inputs += [None] * (names.index("L") - len(inputs))
         lefts, rights = ([n.inputs[names.index(p)] for n in group] for p in "LR")
         if all(v is lefts[0] for v in lefts):  # one L: R side by side
@@ -114,7 +116,7 @@ def _fuse(graph: ir.Graph, group: list[ir.Node]) -> None:
         name, old.name = old.name, None
         out.name, out.shape, out.type = name, old.shape, old.type
         old.replace_all_uses_with(out, replace_graph_outputs=True)
-    old_weights = {_input(n, i) for n in group for i in range(1, len(n.inputs))} - {None}
+    old_weights = {optional_input(n, i) for n in group for i in range(1, len(n.inputs))} - {None}
     graph.remove(group, safe=True)
     for value in old_weights:
         if not value.uses() and value.name in graph.initializers:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnx_ir.passes.common import RemoveUnusedNodesPass
-from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
 from qpasses.errors import LoweringError
 from qpasses.export.deploy import finalize
 from qpasses.passes.base import Pass
-from qpasses.rules.fuse_norms import norm_rules
+from qpasses.rules.apply import apply_in_order
+from qpasses.rules.fuse_norms import RULES
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,8 @@ class FuseNorms(Pass):
         counts = {}
         for gname, model in graph.models.items():
             finalize(model)  # fold the exporter's shape arithmetic and no-op nodes first (deployment does anyway)
-            n = RewriteRuleSet(norm_rules()).apply_to_model(model)
+            counts[gname] = apply_in_order(model, RULES)
             RemoveUnusedNodesPass()(model)
-            counts[gname] = {"fuse.skip_rms_norm": n} if n else {}
         first = next(iter(counts.values()), {})
         if any(c != first for c in counts.values()):
             raise LoweringError(f"the graphs fused different numbers of norms: {counts}")

@@ -14,12 +14,10 @@ and no QuantizeActivation survives, and every packed weight decodes to exactly t
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
 from qpasses.errors import LoweringError, PostconditionError
 from qpasses.evaluate.session import QDQ_MATMULNBITS_ACCURACY_LEVEL
@@ -28,14 +26,29 @@ from qpasses.formats.packing import unpack_int_blocked
 from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.passes.base import Pass
 from qpasses.rules.expand_quant_act import expand_rules
-from qpasses.rules.explain import explain
+from qpasses.rules.apply import apply_in_order, explain
 from qpasses.rules.lower_gather import gather_rules
 from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
 from qpasses.rules.lower_runtime import runtime_rules
 from qpasses.rules.lowrank_fp16 import lowrank_fp16_rules
 
-TARGETS = ("qpasses", "matmulnbits", "qdq")
+# The ordered rule set of each target, as (rule factory, the settings it takes). The rules apply one
+# at a time over the whole graph, in this order, so where two match one node the earlier wins (in
+# each factory, a variant fusing the activation or the low-rank branch comes before the plain one).
+# Under "qpasses" our runtime op takes INT4 and MXFP4, MatMulNBits the INT8 weights it leaves.
+_STANDARD = (
+    (mxfp4_std_rules, "plan"),  # MXFP4 under the stock-ORT targets: standard-op decode + MatMul
+    (gather_rules, "plan"),  # embedding lookups of planned tables
+    (expand_rules,),  # any QuantizeActivation no linear rule fused
+    (lowrank_fp16_rules,),  # low-rank branches left in standard ops: fp16 factors
+)
+RULE_SETS = {
+    "qpasses": ((runtime_rules, "plan"), (matmulnbits_rules, "plan", "accuracy_level"), *_STANDARD),
+    "matmulnbits": ((matmulnbits_rules, "plan", "accuracy_level"), *_STANDARD),
+    "qdq": ((qdq_rules, "plan"), *_STANDARD),
+}
+TARGETS = tuple(RULE_SETS)
 
 
 @dataclass(frozen=True)
@@ -87,21 +100,15 @@ class LowerLinears(Pass):
     Settings = Settings
 
     def rules(self, ctx) -> list:
-        plan = ctx.quantized
-        nbits = matmulnbits_rules(plan=plan, accuracy_level=self.settings.accuracy_level)
-        ints = {"qpasses": runtime_rules(plan=plan) + nbits, "matmulnbits": nbits, "qdq": qdq_rules(plan=plan)}
-        return (ints[self.settings.target] + mxfp4_std_rules(plan=plan) + gather_rules(plan) + expand_rules()
-                + lowrank_fp16_rules())
+        """This target's rule set (RULE_SETS), built for the plan and settings."""
+        given = {"plan": ctx.quantized, "accuracy_level": self.settings.accuracy_level}
+        return [rule for factory, *keys in RULE_SETS[self.settings.target]
+                for rule in factory(**{k: given[k] for k in keys})]
 
     def run(self, graph, ctx):
         per_graph = {}
         for gname, model in graph.models.items():
-            counts: Counter[str] = Counter()
-            for rule in self.rules(ctx):
-                n = RewriteRuleSet([rule]).apply_to_model(model)
-                if n:
-                    counts[rule.name] += n
-            per_graph[gname] = dict(counts)
+            per_graph[gname] = apply_in_order(model, self.rules(ctx))
             _drop_unread(model.graph)
         first = next(iter(per_graph.values()))
         for gname, counts in per_graph.items():

@@ -12,8 +12,7 @@ import hashlib
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from qpasses.formats import QuantizedWeight, dequantize_weight, quantize_weight
 from qpasses.formats.spec import WeightFormat
@@ -22,6 +21,29 @@ from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 
 def fail(reason: str, *where) -> MatchResult:
     return MatchResult().fail(reason, list(where) or None)
+
+
+class NoMatch(Exception):
+    """Raised by the structural walks below (and a check's helpers); the message says why."""
+
+
+def producer(v: ir.Value | None, op: str, domain: str = "") -> ir.Node:
+    """The node of type `op` producing v, or NoMatch."""
+    node = v.producer() if v is not None else None
+    if node is None or node.op_type != op or node.domain != domain:
+        raise NoMatch(f"{v.name if v is not None else 'a missing input'} is not produced by {op}")
+    return node
+
+
+def constant(v: ir.Value | None) -> np.ndarray | None:
+    """The value of a constant (an initializer or a Constant node's output), else None."""
+    t = ir.convenience.get_const_tensor(v) if v is not None else None
+    return None if t is None else t.numpy()
+
+
+def optional_input(node: ir.Node, i: int) -> ir.Value | None:
+    """Input i, or None when omitted (trailing optional inputs may be absent from the list)."""
+    return node.inputs[i] if i < len(node.inputs) else None
 
 
 def weight_nk(w: ir.Value, orient: str) -> np.ndarray:
@@ -174,4 +196,5 @@ def variants(cls: type[LinearRule], **kw) -> list:
     return [cls.rule(layout=layout, act=act, lowrank=lr, **kw) for lr in lowranks for act in acts for layout in LAYOUTS]
 
 
-__all__ = ["LinearRule", "QUANT_ACT", "fail", "init", "variants", "weight_nk"]
+__all__ = ["LinearRule", "NoMatch", "QUANT_ACT", "constant", "fail", "init", "optional_input", "producer", "variants",
+           "weight_nk"]

@@ -13,8 +13,7 @@ import math
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from qpasses.ir.fx_ops import DOMAIN
 from qpasses.rules.base import fail

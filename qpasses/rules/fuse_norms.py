@@ -10,23 +10,15 @@ the result agrees to float rounding, not bit for bit.
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
-from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
-from qpasses.rules.base import fail
+from qpasses.rules.base import constant, fail
 
 MS_DOMAIN = "com.microsoft"
 
 
-def _const(v) -> np.ndarray | None:
-    """The value of a constant (an initializer or a Constant node's output), else None."""
-    t = ir.convenience.get_const_tensor(v) if v is not None else None
-    return None if t is None else t.numpy()
-
-
 def _scalar(v) -> float | None:
-    c = _const(v)
+    c = constant(v)
     return None if c is None or c.size != 1 else float(c.reshape(()))
 
 
@@ -49,14 +41,14 @@ class SkipRMSNorm(RewriteRuleClassBase):
         if _scalar(two) != 2.0:
             return fail("the power is not the constant 2", two)
         rank = len(s.shape) if s.shape is not None else None
-        if _const(axes) is None or list(_const(axes).reshape(-1)) not in ([-1], [rank - 1 if rank else -1]):
+        if constant(axes) is None or list(constant(axes).reshape(-1)) not in ([-1], [rank - 1 if rank else -1]):
             return fail("the mean is not over the last axis", axes)
         if mean.producer().attributes.get_int("keepdims", 1) != 1:
             return fail("the mean does not keep its axis", mean)
         if _scalar(eps) is None:
             return fail("epsilon is not a constant scalar", eps)
         k = s.shape[-1] if s.shape is not None else None
-        if _const(w) is None or _const(w).shape != (k,):
+        if constant(w) is None or constant(w).shape != (k,):
             return fail("the norm weight is not a constant vector over the last axis", w)
         if a.shape is not None and b.shape is not None and a.shape != b.shape:
             return fail("the residual add broadcasts", s)
@@ -73,5 +65,4 @@ class SkipRMSNorm(RewriteRuleClassBase):
         return y
 
 
-def norm_rules() -> list:
-    return [SkipRMSNorm.rule()]
+RULES = (SkipRMSNorm.rule(),)

@@ -11,8 +11,7 @@ MatMulMXFP4), so a tied lm_head and the embedding share one initializer.
 from __future__ import annotations
 
 import numpy as np
-from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from qpasses.formats import pack_matmulnbits, pack_mxfp4
 from qpasses.rules.base import fail, init, on_plan

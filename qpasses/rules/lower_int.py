@@ -12,7 +12,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import MatchResult
 
 from qpasses.formats import pack_matmulnbits
 from qpasses.rules.base import LinearRule, fail, init, variants

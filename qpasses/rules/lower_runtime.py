@@ -11,7 +11,7 @@ A low-rank branch on the float input fuses into the op's L, R inputs:
 
 from __future__ import annotations
 
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import MatchResult
 
 from qpasses.formats import pack_mxfp4
 from qpasses.formats.packing import pack_int_blocked

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from onnxscript.rewriter._basics import MatchResult
-from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 from qpasses.ir.fx_stage import LOWRANK_PREFIX
 from qpasses.rules.base import factor_name, fail, init

@@ -3,6 +3,12 @@ decode and logits tests of test_deploy.py, which run on the fused folder too).""
 
 from collections import Counter
 
+import onnx_ir as ir
+
+from qpasses.ir.onnx_stage import OnnxStage
+from qpasses.passes.base import Context
+from qpasses.passes.fuse_attention import FuseAttention
+
 
 def test_every_norm_and_attention_is_fused(fused):
     models, counts = fused
@@ -12,3 +18,16 @@ def test_every_norm_and_attention_is_fused(fused):
     assert ops["GroupQueryAttention"] == 2 and ops["Softmax"] == 0
     assert all(v.producer().op_type == "GroupQueryAttention" for v in models.decoder.graph.outputs[1:])  # the cache
     assert Counter(n.op_type for n in models.logits.graph)["SkipSimplifiedLayerNormalization"] == 4
+
+
+def test_an_attention_of_another_shape_stays_with_the_reason(onnx_models):
+    """Layer 0's new key cache is no graph output here: its check fails and says so; layer 1 still fuses."""
+    decoder = ir.from_proto(ir.to_proto(onnx_models.decoder))
+    outputs = decoder.graph.outputs
+    outputs.pop(next(i for i, v in enumerate(outputs) if v.name.startswith("present") and "key" in v.name))
+    ctx = Context()
+    assert FuseAttention(max_positions=64).run(OnnxStage({"decoder": decoder}), ctx) == {
+        "fuse.group_query_attention": 1}
+    [miss] = ctx.notes.misses["fuse_attention"]
+    assert miss.endswith("the new cache is not a graph output")
+    assert Counter(n.op_type for n in decoder.graph)["Softmax"] == 1

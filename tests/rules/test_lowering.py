@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 import pytest
-from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
+from onnxscript.rewriter import RewriteRuleSet
 
 from onnx_builders import linear_model, run_ort
 from qpasses.errors import PostconditionError

@@ -1,0 +1,233 @@
+"""Fuse the decoder graph's exported attention into com.microsoft RotaryEmbedding (q, k) +
+GroupQueryAttention.
+
+The exported step graph rebuilds the whole cache every token (Concat with the past, Expand to
+repeat the KV heads, two MatMuls, Softmax, rotary as Slice/Neg/Concat/Mul/Add): ~35 nodes per
+layer, three after the rewrite.
+
+Identity relied on: for q, k, v = the projections [B, S, H·D], the cache past_k / past_v
+[B, Hkv, P, D], mask = the graph's additive attention mask [B, 1, S, P+S], p = position_ids and
+rope(x) = x·cos(p·f) + rotate_half(x)·sin(p·f) = RotaryEmbedding(x, p, cos_cache, sin_cache),
+  softmax(scale · rope(q) · repeat(concat(past_k, rope(k)))ᵀ + mask) · repeat(concat(past_v, v))
+  == GroupQueryAttention(rope(q), rope(k), v, past_k, past_v, seqlens_k = P+S−1, total = P+S,
+                         attention_bias = mask)
+with the new cache as its 2nd and 3rd outputs. It agrees to float rounding (tests/export: greedy
+decoding with a left-padded row against the torch model).
+
+The pattern is the attention's fixed tail, out = Reshape(Transpose(MatMul(probs, v))); the check
+walks the rest (a chain of no-op Identity / Cast nodes, repeat_kv's optional shape nodes, the
+rotary subgraphs: parts of varying length that one pattern cannot spell) and fails with the reason
+for a site of any other shape. The rewrite re-points the graph's cache outputs at the fused node's
+(the concatenated caches are graph outputs, read outside the matched tail). Sites share one cos/sin
+table and one pair of sequence lengths per graph (`Tables`), built at the first rewrite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
+
+from qpasses.errors import LoweringError
+from qpasses.rules.base import NoMatch, constant, fail, producer
+
+MS = "com.microsoft"
+
+
+def _const(v: ir.Value) -> np.ndarray:
+    c = constant(v)
+    if c is None:
+        raise NoMatch(f"{v.name} is not a constant")
+    return c
+
+
+def _through(v: ir.Value, ops=("Reshape", "Expand", "Unsqueeze")) -> ir.Value:
+    """Walk up from v through repeat_kv's shape-only nodes."""
+    while (p := v.producer()) is not None and p.op_type in ops and p.domain == "":
+        v = p.inputs[0]
+    return v
+
+
+def _softmax(probs: ir.Value) -> ir.Node:
+    """probs = (Identity | Cast)*(Softmax(...)), each read once (the exporter's no-op clone / same-type cast)."""
+    v = probs
+    while (node := v.producer()) is not None and node.op_type in ("Identity", "Cast") and node.domain == "":
+        if len(v.uses()) != 1:
+            raise NoMatch(f"{node.name} does not feed exactly one MatMul")
+        v = node.inputs[0]
+    softmax = producer(v, "Softmax")
+    if len(v.uses()) != 1:
+        raise NoMatch(f"{softmax.name} does not feed exactly one MatMul")
+    return softmax
+
+
+def _heads(x: ir.Value) -> ir.Value:
+    """x = Transpose(Reshape(proj, [B, S, -1, D]), [0, 2, 1, 3]) -> proj [B, S, H·D]."""
+    t = producer(x, "Transpose")
+    if list(t.attributes.get_ints("perm", [])) != [0, 2, 1, 3]:
+        raise NoMatch(f"{t.name} is not the head transpose")
+    return producer(t.inputs[0], "Reshape").inputs[0]
+
+
+def _rope(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """x = Add(Mul(h, cos), Mul(Concat(Neg(h_hi), h_lo), sin)) -> (h, cos, sin)."""
+    add = producer(x, "Add")
+    left, right = (producer(v, "Mul") for v in add.inputs)
+    h, cos = left.inputs
+    cat = producer(right.inputs[0], "Concat")
+    producer(cat.inputs[0], "Neg")
+    return h, producer(cos, "Unsqueeze").inputs[0], producer(right.inputs[1], "Unsqueeze").inputs[0]
+
+
+def _inv_freq(cos: ir.Value) -> np.ndarray:
+    """cos = Cos(Concat(f, f)), f = Mul(positions, inv_freq) -> inv_freq [D/2]."""
+    cat = producer(producer(cos, "Cos").inputs[0], "Concat")
+    mul = producer(cat.inputs[0], "Mul")
+    consts = [v for v in mul.inputs if constant(v) is not None]
+    if len(consts) != 1:
+        raise NoMatch("the rotary frequencies are not one constant")
+    return _const(consts[0]).reshape(-1).astype(np.float32)
+
+
+def _width(v: ir.Value) -> int:
+    """The static last dimension of a projection output (from its shape, or its producer's N / split sizes)."""
+    if v.shape is not None and isinstance(v.shape[-1], int):
+        return v.shape[-1]
+    node = v.producer()
+    if node is not None and node.op_type == "Split":
+        return int(_const(node.inputs[1])[list(node.outputs).index(v)])
+    if node is not None and "N" in node.attributes:
+        return int(node.attributes["N"].value)
+    raise NoMatch(f"the width of {v.name} is not known")
+
+
+@dataclass
+class Site:
+    heads: int
+    q: ir.Value
+    k: ir.Value
+    v: ir.Value
+    past_k: ir.Value
+    past_v: ir.Value
+    present_k: ir.Value
+    present_v: ir.Value
+    mask: ir.Value
+    scale: float
+    inv_freq: np.ndarray
+
+
+def match(softmax: ir.Node, v_rep: ir.Value, graph: ir.Graph) -> Site:
+    """The attention site of `softmax` whose output is MatMul(softmax, v_rep), or NoMatch with the reason."""
+    add = producer(softmax.inputs[0], "Add")
+    scaled, mask = add.inputs
+    mul = producer(scaled, "Mul")
+    scale = float(_const(mul.inputs[1]).reshape(()))
+    qk = producer(mul.inputs[0], "MatMul")
+    q_rot, kt = qk.inputs
+    present_k = _through(producer(kt, "Transpose").inputs[0])
+    present_v = _through(v_rep)
+    cat_k, cat_v = producer(present_k, "Concat"), producer(present_v, "Concat")
+    past_k, k_rot = cat_k.inputs
+    past_v, v_heads = cat_v.inputs
+    if past_k not in graph.inputs or past_v not in graph.inputs:
+        raise NoMatch("the cache is not a graph input")
+    if present_k not in graph.outputs or present_v not in graph.outputs:
+        raise NoMatch("the new cache is not a graph output")
+    q, cos, _sin = _rope(q_rot)
+    k, _, _ = _rope(k_rot)
+    q = _heads(q)
+    return Site(_width(q) // past_k.shape[3], q, _heads(k), _heads(v_heads), past_k, past_v, present_k, present_v,
+                mask, scale, _inv_freq(cos))
+
+
+def _shared(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    if name not in graph.initializers:
+        graph.register_initializer(ir.Value(name=name, const_value=ir.tensor(array, name=name)))
+    return graph.initializers[name]
+
+
+class Tables:
+    """What every fused site of one graph reads: the rotary cos/sin tables of `max_positions` rows,
+    position_ids, and the sequence lengths; built once, at the first rewrite."""
+
+    def __init__(self, graph: ir.Graph, max_positions: int):
+        self.graph, self.max_positions = graph, max_positions
+        self.inv_freq: np.ndarray | None = None
+        self.values: tuple[ir.Value, ...] = ()
+
+    def get(self, inv_freq: np.ndarray) -> tuple[ir.Value, ...]:
+        """(cos, sin, position_ids, seqlens_k, total_sequence_length)."""
+        if self.inv_freq is None:
+            g, self.inv_freq = self.graph, inv_freq
+            freqs = np.arange(self.max_positions, dtype=np.float32)[:, None] * inv_freq[None, :]
+            cos = _shared(g, "qpasses.rope.cos", np.cos(freqs).astype(np.float32))
+            sin = _shared(g, "qpasses.rope.sin", np.sin(freqs).astype(np.float32))
+            self.values = (cos, sin, next(v for v in g.inputs if v.name == "position_ids"), *self._lengths())
+        elif not np.array_equal(inv_freq, self.inv_freq):
+            raise LoweringError("the layers' rotary frequencies differ; one cos/sin table cannot serve them")
+        return self.values
+
+    def _lengths(self) -> tuple[ir.Value, ir.Value]:
+        """seqlens_k = total - 1 per row (int32 [B]) and total = attention_mask's length (int32 scalar):
+        every row spans the whole mask, and the additive mask (attention_bias) removes the padding."""
+        g = self.graph
+        mask = next(v for v in g.inputs if v.name == "attention_mask")
+        one = _shared(g, "qpasses.int64.1", np.array(1, np.int64))
+        shape = ir.node("Shape", [mask])
+        total64 = ir.node("Gather", [shape.outputs[0], one], attributes={"axis": 0})
+        batch = ir.node("Shape", [mask], attributes={"start": 0, "end": 1})
+        last = ir.node("Sub", [total64.outputs[0], one])
+        rows = ir.node("Expand", [last.outputs[0], batch.outputs[0]])
+        seqlens = ir.node("Cast", [rows.outputs[0]], attributes={"to": ir.DataType.INT32})
+        total = ir.node("Cast", [total64.outputs[0]], attributes={"to": ir.DataType.INT32})
+        g.insert_before(next(iter(g)), [shape, total64, batch, last, rows, seqlens, total])
+        return seqlens.outputs[0], total.outputs[0]
+
+
+class GroupQueryAttentionFusion(RewriteRuleClassBase):
+    """Reshape(Transpose(MatMul(softmax(...), repeat(present_v)))) -> GroupQueryAttention(RotaryEmbedding(q), ...)."""
+
+    def __init__(self, tables: Tables):
+        super().__init__("fuse.group_query_attention")
+        self.tables = tables
+
+    def pattern(self, op, probs, v_rep, shape):
+        out = op.MatMul(probs, v_rep)
+        return op.Reshape(op.Transpose(out, _allow_other_attributes=True), shape, _allow_other_attributes=True,
+                          _outputs=["out"])
+
+    def check(self, context, probs, v_rep, out, **_):
+        try:
+            softmax = _softmax(probs)
+        except NoMatch as e:
+            return fail(str(e), out.producer())
+        try:
+            match(softmax, v_rep, out.graph)
+        except NoMatch as e:
+            return fail(str(e), softmax)  # the reason names the Softmax that stays
+        return MatchResult()
+
+    def rewrite(self, op, probs, v_rep, out, **_):
+        site = match(_softmax(probs), v_rep, out.graph)
+        cos, sin, positions, seqlens, total = self.tables.get(site.inv_freq)
+        kv_heads = site.past_k.shape[1]
+        # Rotary as its own op, at the graph's position_ids (GQA's built-in rotary counts
+        # positions from the cache length, which left padding shifts).
+        q, k = (op.RotaryEmbedding(x, positions, cos, sin, _domain=MS, num_heads=n)
+                for x, n in ((site.q, site.heads), (site.k, kv_heads)))
+        y, present_k, present_v = op.GroupQueryAttention(
+            q, k, site.v, site.past_k, site.past_v, seqlens, total, None, None, None, site.mask, _domain=MS,
+            num_heads=site.heads, kv_num_heads=kv_heads, scale=site.scale, _outputs=3)
+        y.producer().name = f"{out.name}.gqa"
+        for old, new in ((site.present_k, present_k), (site.present_v, present_v)):  # the cache outputs
+            name, old.name = old.name, None
+            new.name, new.shape, new.type = name, old.shape, old.type
+            old.replace_all_uses_with(new, replace_graph_outputs=True)
+        return y
+
+
+def rules(graph: ir.Graph, max_positions: int) -> tuple:
+    """The rule set for one decoder graph (its sites share one Tables)."""
+    return (GroupQueryAttentionFusion.rule(Tables(graph, max_positions)),)
