@@ -16,6 +16,7 @@ from pathlib import Path
 
 from qpasses.calibration.cache import StatsCache, windows_digest
 from qpasses.calibration.stats import SiteStats, StatsSpec
+from qpasses.domain import DOMAIN
 from qpasses.errors import PreconditionError
 
 TAPS = ("input", "float", "unrotated")
@@ -77,7 +78,7 @@ class CalibrationSource:
         from qpasses.calibration.collect_onnx import collect_onnx
 
         model = graph.models["logits"]
-        if any(n.domain == "qpasses" for n in model.graph):
+        if any(n.domain == DOMAIN for n in model.graph):
             raise PreconditionError("calibration on an ONNX graph needs it runnable: lower the qpasses nodes first")
         inputs = {s.name: next(u.node.inputs[0].name for u in s.uses if u.graph is model.graph) for s in sites}
         with tempfile.TemporaryDirectory(prefix="qpasses-calib-") as tmp:

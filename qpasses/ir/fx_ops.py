@@ -19,11 +19,8 @@ import torch
 from onnx.defs import OpSchema
 from onnxscript import opset21 as op
 
+from qpasses.domain import DOMAIN, DOMAIN_VERSION, QUANT_ACT
 from qpasses.formats.spec import ActFormat
-
-DOMAIN = "qpasses"
-DOMAIN_VERSION = 1
-QUANT_ACT = "QuantizeActivation"
 
 
 @torch.library.custom_op("qpasses::quant_act", mutates_args=())

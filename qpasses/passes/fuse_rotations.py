@@ -20,10 +20,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from qpasses.domain import DOMAIN
 from qpasses.errors import LoweringError
 from qpasses.numerics.hadamard import hadamard_matrix
 from qpasses.passes.base import Pass
-from qpasses.runtime import DOMAIN
 from qpasses.runtime.ops import INPUTS, OPS
 
 ATOL = 1e-6  # B equals H_b / sqrt(b) to this (a float32 copy of the float64 matrix)

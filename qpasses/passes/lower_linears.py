@@ -21,11 +21,11 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
+from qpasses.domain import DOMAIN, QUANT_ACT
 from qpasses.errors import LoweringError, PostconditionError
 from qpasses.evaluate.session import QDQ_MATMULNBITS_ACCURACY_LEVEL
 from qpasses.formats import QuantizedWeight, unpack_mxfp4
 from qpasses.formats.packing import unpack_int_blocked
-from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.passes.base import Pass
 from qpasses.rules.expand_quant_act import expand_rules
 from qpasses.rules.explain import explain

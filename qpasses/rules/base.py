@@ -15,9 +15,9 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
+from qpasses.domain import DOMAIN, QUANT_ACT
 from qpasses.formats import QuantizedWeight, dequantize_weight, quantize_weight
 from qpasses.formats.spec import WeightFormat
-from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 
 
 def fail(reason: str, *where) -> MatchResult:

@@ -16,7 +16,7 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
-from qpasses.ir.fx_ops import DOMAIN
+from qpasses.domain import DOMAIN
 from qpasses.rules.base import fail
 from qpasses.rules.lower_mxfp4_std import const
 

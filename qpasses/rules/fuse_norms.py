@@ -14,9 +14,8 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
+from qpasses.domain import MS_DOMAIN
 from qpasses.rules.base import fail
-
-MS_DOMAIN = "com.microsoft"
 
 
 def _const(v) -> np.ndarray | None:

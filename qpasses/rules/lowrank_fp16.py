@@ -12,7 +12,7 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
-from qpasses.ir.fx_stage import LOWRANK_PREFIX
+from qpasses.ir.sites import LOWRANK_PREFIX
 from qpasses.rules.base import factor_name, fail, init
 
 

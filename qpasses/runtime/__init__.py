@@ -12,10 +12,11 @@ import importlib.resources
 import os
 from pathlib import Path
 
+from qpasses.domain import DOMAIN, DOMAIN_VERSION
 from qpasses.errors import InputError
 
-DOMAIN = "qpasses"
-OPSET_VERSION = 1
+__all__ = ["DOMAIN", "DOMAIN_VERSION", "ISAS", "LIBRARY_NAME", "available_isas", "library_path", "session"]
+
 LIBRARY_NAME = "libqpasses_ops.so"
 ISAS = ("scalar", "avx2", "avx512")
 
