@@ -23,7 +23,6 @@ from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
 from qpasses.domain import DOMAIN, QUANT_ACT
 from qpasses.errors import LoweringError, PostconditionError
-from qpasses.evaluate.session import QDQ_MATMULNBITS_ACCURACY_LEVEL
 from qpasses.formats import QuantizedWeight, unpack_mxfp4
 from qpasses.formats.packing import unpack_int_blocked
 from qpasses.passes.base import Pass
@@ -34,6 +33,7 @@ from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
 from qpasses.rules.lower_runtime import runtime_rules
 from qpasses.rules.lowrank_fp16 import lowrank_fp16_rules
+from qpasses.runtime.ort import QDQ_MATMULNBITS_ACCURACY_LEVEL
 
 TARGETS = ("qpasses", "matmulnbits", "qdq")
 
