@@ -27,7 +27,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from qpasses.errors import LoweringError
-from qpasses.export.deploy import finalize
+from qpasses.ir.cleanup import finalize
 from qpasses.passes.base import Pass
 
 MS = "com.microsoft"

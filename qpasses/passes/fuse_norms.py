@@ -12,7 +12,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter._rewrite_rule import RewriteRuleSet
 
 from qpasses.errors import LoweringError
-from qpasses.export.deploy import finalize
+from qpasses.ir.cleanup import finalize
 from qpasses.passes.base import Pass
 from qpasses.rules.fuse_norms import norm_rules
 
