@@ -69,7 +69,8 @@ class CalibrationSource:
 
     def _collect(self, graph, sites, windows, spec, tap) -> dict[str, SiteStats]:
         if graph.stage == "fx":
-            from qpasses.calibration.collect_fx import collect_fx, tap_node
+            from qpasses.calibration.collect_fx import collect_fx
+            from qpasses.ir.fx_ops import tap_node
 
             nodes = {s.name: tap_node(next(node for prog, node in s.uses if prog == "logits"), tap) for s in sites}
             return collect_fx(graph.programs.logits, nodes, windows, spec, progress=self.progress)

@@ -9,6 +9,8 @@ lowering rules either fuse into a quantized matmul or expand into standard ops.
 x ↦ x · diag(signs) · (L ⊗ B) with left_t = Lᵀ [groups, groups] and right = B [block, block]
 (numerics.rotation): x (L ⊗ B) = vec(Lᵀ X B) for X = x reshaped [groups, block]. It exports to
 standard ONNX ops that stock onnxruntime runs: Mul, Reshape, one or two small MatMuls, Reshape.
+
+`tap_node` walks back from a linear through these ops to the tensor a pass or a statistic reads.
 """
 
 from __future__ import annotations
@@ -87,3 +89,17 @@ def _translate_rotate(x: onnxscript.FLOAT, signs, left_t, right: onnxscript.FLOA
 
 TRANSLATIONS = {torch.ops.qpasses.quant_act.default: _translate_quant_act,
                 torch.ops.qpasses.rotate.default: _translate_rotate}
+
+
+TAPS = {"float": torch.ops.qpasses.quant_act.default, "unrotated": torch.ops.qpasses.rotate.default}
+
+
+def tap_node(linear: torch.fx.Node, tap: str = "input") -> torch.fx.Node:
+    """The node whose first argument is the tapped tensor in front of `linear`: the linear itself
+    ("input"), else a quant_act ("float") and then a rotate ("unrotated") in front of it, if any."""
+    node = linear
+    for step in ("float", "unrotated")[: ("input", "float", "unrotated").index(tap)]:
+        x = node.args[0]
+        if isinstance(x, torch.fx.Node) and x.target is TAPS[step]:
+            node = x
+    return node

@@ -135,8 +135,8 @@ class FxStage:
         activation quantizer, so the branch reads what the op's `L`/`R` inputs read), L [K, rank] and
         R [rank, N] zero constants `lowrank.<weight>.L/R` that `set_lowrank` fills. Identity: a zero
         branch adds nothing."""
-        from qpasses.calibration.collect_fx import tap_node
         from qpasses.ir.fx_edit import add_input
+        from qpasses.ir.fx_ops import tap_node
 
         n, k = site.shape
         for prog, node in site.uses:

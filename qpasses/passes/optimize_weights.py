@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qpasses.calibration.collect_fx import tap_node
 from qpasses.calibration.sequential import layer_sequential
 from qpasses.calibration.stats import StatsSpec
 from qpasses.checkpoint import GroupStore
@@ -47,6 +46,7 @@ from qpasses.formats import dequantize_weight, e8m0_encode, quantize_weight
 from qpasses.formats.mxfp4 import block_exponent
 from qpasses.formats.spec import WeightFormat
 from qpasses.formats.weight import QuantizedWeight, block_length
+from qpasses.ir.fx_ops import tap_node
 from qpasses.ir.sites import check_finite, select
 from qpasses.numerics import gptq, piso, srr
 from qpasses.passes.base import Pass
