@@ -15,14 +15,13 @@ standard ONNX ops that stock onnxruntime runs: Mul, Reshape, one or two small Ma
 
 from __future__ import annotations
 
-import onnx
 import onnxscript
 import torch
-from onnx.defs import OpSchema
 from onnxscript import opset21 as op
 
-from qpasses.domain import DOMAIN, DOMAIN_VERSION, QUANT_ACT
+from qpasses.domain import DOMAIN, DOMAIN_VERSION
 from qpasses.formats.spec import ActFormat
+from qpasses.ir import onnx_ops  # noqa: F401  (registers the QuantizeActivation schema)
 
 
 @torch.library.custom_op("qpasses::quant_act", mutates_args=())
@@ -37,25 +36,6 @@ def _quant_act_fake(x, kind, block_size):
     return torch.empty_like(x)
 
 
-def _register_schema() -> None:
-    if onnx.defs.has(QUANT_ACT, DOMAIN):
-        return
-    onnx.defs.register_schema(
-        OpSchema(
-            QUANT_ACT, DOMAIN, DOMAIN_VERSION,
-            doc="Quantize-dequantize X along its last axis (qpasses activation format).",
-            inputs=[OpSchema.FormalParameter("X", "T")],
-            outputs=[OpSchema.FormalParameter("Y", "T")],
-            type_constraints=[("T", ["tensor(float)"], "float32 activations")],
-            attributes=[
-                OpSchema.Attribute("kind", OpSchema.AttrType.STRING, "int8, int4 or mxfp4"),
-                OpSchema.Attribute("block_size", OpSchema.AttrType.INT, "elements per scale; 0 = per token"),
-            ],
-        )
-    )
-
-
-_register_schema()
 _opset = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
 

@@ -18,6 +18,7 @@ from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 from qpasses.domain import DOMAIN, QUANT_ACT
 from qpasses.formats import QuantizedWeight, dequantize_weight, quantize_weight
 from qpasses.formats.spec import WeightFormat
+from qpasses.ir import onnx_ops  # noqa: F401  (registers the QuantizeActivation schema)
 
 
 def fail(reason: str, *where) -> MatchResult:
