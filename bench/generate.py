@@ -62,7 +62,7 @@ from tokenizers import Tokenizer
 
 import qpasses.runtime
 from qpasses.evaluate.decoder import Decoder
-from qpasses.evaluate.session import ort_settings
+from qpasses.runtime.ort import ort_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "bench" / "results" / "generate"

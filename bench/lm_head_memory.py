@@ -18,17 +18,16 @@ ROWS, K = 49152, 576
 
 
 def child(chunk: int, out: str) -> None:
-    from qpasses.passes import optimize_weights as ow
+    from qpasses.passes.optimize_weights import solve_weight
 
     torch.set_num_threads(1)
-    ow.ROW_CHUNK = chunk
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((ROWS, K)) * 0.02).astype(np.float32)
     x = torch.from_numpy(rng.standard_normal((4096, K)))
     h = x.T @ x
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t = time.perf_counter()
-    q = ow.Solver(ow.Settings(format="int4", block_size=64, scales="piso", gptq=True)).solve(w, h)
+    q = solve_weight(w, h, row_chunk=chunk, format="int4", block_size=64, scales="piso", gptq=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     np.save(out, q.codes)
     print(f"row chunk {chunk}: peak RSS {peak:.2f} GiB (inputs ready: {before:.2f} GiB), {time.perf_counter() - t:.0f} s")

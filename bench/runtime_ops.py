@@ -53,7 +53,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qpasses.formats import WeightFormat, pack_matmulnbits, pack_mxfp4, quantize_weight
-from qpasses.runtime import DOMAIN, OPSET_VERSION, session
+from qpasses.runtime import DOMAIN, DOMAIN_VERSION, session
 from qpasses.runtime.ops import INPUTS, OpConfig
 
 HIDDEN, VOCAB, LAYERS, PREFILL_M = 576, 49152, 30, 512
@@ -179,7 +179,7 @@ def build_model(v: Variant, weights, layers: int, m: int, lm_head: bool) -> onnx
         nodes, f"stack-{v.name}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, HIDDEN])],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in [x, *outputs]], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(
-        "com.microsoft", 1), helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+        "com.microsoft", 1), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
     model.ir_version = 10
     return model
 

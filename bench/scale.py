@@ -11,7 +11,7 @@ time, CPU time and peak memory against parameters.
     .venv/bin/python bench/scale.py --layers 2   # the 1B shape cut to 2 layers: a check in minutes
     .venv/bin/python bench/scale.py --reuse      # keep the runs (bench/results/scale/*.json) of the same command
 
-The 1B folder (models/llama_1b.py, seeded bf16 safetensors shards) is built once under the
+The 1B folder (bench/llama_1b.py, seeded bf16 safetensors shards) is built once under the
 qpasses cache. Writes docs/scale.md, docs/scale_rss.png, docs/scale_growth.png and
 bench/results/scale/scale.json.
 """
@@ -47,7 +47,7 @@ def run(name: str, model: str, args) -> dict:
 
 
 def ensure_1b(layers: int) -> Path:
-    from models import llama_1b
+    from bench import llama_1b
     from qpasses.cache import cache_dir, locked
 
     folder = cache_dir() / "models" / f"llama-1b-random-seed0-{layers}layers"

@@ -24,11 +24,11 @@ from qpasses.calibration.collect_fx import collect_fx
 from qpasses.calibration.source import CalibrationSource
 from qpasses.calibration.stats import StatsSpec
 from qpasses.export.capture import capture
-from qpasses.formats import dequantize_weight, quantize_weight
+from qpasses.formats import WeightFormat, dequantize_weight, quantize_weight
 from qpasses.ir.fx_stage import FxStage
 from qpasses.load import load_model
 from qpasses.numerics import srr
-from qpasses.passes.optimize_weights import Settings, Solver
+from qpasses.passes.optimize_weights import solve_weight
 
 
 def main() -> None:
@@ -52,7 +52,8 @@ def main() -> None:
     source = CalibrationSource(loaded.tokenizer, args.windows, seed=0)
     stats = collect_fx(graph.programs.logits, nodes, source.windows()[0],
                        StatsSpec(moments=False, absmax=False, gram=True), progress=True)
-    solver = Solver(Settings(format=args.format, block_size=args.group, scales="piso", gptq=True))
+    method = {"format": args.format, "block_size": args.group, "scales": "piso", "gptq": True}
+    fmt = WeightFormat(args.format, 32 if args.format == "mxfp4" else args.group)
     rows = []
     for site in wanted:
         h = stats[site.name].gram
@@ -61,10 +62,11 @@ def main() -> None:
         norm = float((s @ w).square().sum())
 
         def quantize(rest, h=h):
-            return torch.from_numpy(dequantize_weight(solver.solve(np.ascontiguousarray(rest.T.float().numpy()), h))).T
+            q = solve_weight(np.ascontiguousarray(rest.T.float().numpy()), h, **method)
+            return torch.from_numpy(dequantize_weight(q)).T
 
         def rtn(rest):
-            q = quantize_weight(np.ascontiguousarray(rest.T.float().numpy()), solver.fmt)
+            q = quantize_weight(np.ascontiguousarray(rest.T.float().numpy()), fmt)
             return torch.from_numpy(dequantize_weight(q)).T
 
         t = time.perf_counter()

@@ -244,7 +244,8 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes) ->
 
 
 def save(final, folder: Path, loaded, recipe, metadata: dict[str, str]) -> None:
-    from qpasses.export.deploy import finalize, write_deployment
+    from qpasses.export.deploy import write_deployment
+    from qpasses.ir.cleanup import finalize
     from qpasses.export.folder_readme import folder_readme
     from qpasses.export.onnx_export import OnnxModels
 

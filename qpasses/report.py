@@ -101,7 +101,7 @@ def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_sec
 
 
 def ort_settings(path: Path):
-    from qpasses.evaluate.session import ort_settings as settings
+    from qpasses.runtime.ort import ort_settings as settings
 
     return settings(path)
 

@@ -58,7 +58,7 @@ def linear_model(k: int, n: int, layouts=("nk", "kn"), seed: int = 0, scale: flo
 def run_ort(model: ir.Model, feeds: dict, optimization: str = "basic") -> np.ndarray:
     import onnxruntime as ort
 
-    from qpasses.ir.fx_ops import DOMAIN  # noqa: F401  (the qpasses schema must be registered to serialize)
+    from qpasses.ir import onnx_ops  # noqa: F401  (the qpasses schema must be registered to serialize)
     from qpasses.runtime import library_path
 
     so = ort.SessionOptions()

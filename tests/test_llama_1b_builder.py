@@ -1,10 +1,10 @@
-"""models/llama_1b.py: its shard plan names every tensor a LlamaForCausalLM of that shape has,
+"""bench/llama_1b.py: its shard plan names every tensor a LlamaForCausalLM of that shape has,
 with the same shapes (checked on a small shape: the 1B one is only planned, never built here)."""
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from models import llama_1b
+from bench import llama_1b
 
 SMALL = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, head_dim=16, num_key_value_heads=2,
              intermediate_size=96, vocab_size=300)

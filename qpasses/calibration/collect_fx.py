@@ -17,6 +17,7 @@ from torch.export.graph_signature import InputKind
 from tqdm import tqdm
 
 from qpasses.calibration.stats import SiteStats, StatsSpec
+from qpasses.ir.fx_ops import TAPS
 from qpasses.offload import release
 from qpasses.profiling import stage
 
@@ -84,27 +85,10 @@ class GraphRunner(torch.fx.Interpreter):
         self.env = {}
 
 
-def _tap_targets() -> dict:
-    from qpasses.ir import fx_ops  # noqa: F401  (registers torch.ops.qpasses.*)
-
-    return {"float": torch.ops.qpasses.quant_act.default, "unrotated": torch.ops.qpasses.rotate.default}
-
-
-def tap_node(linear: torch.fx.Node, tap: str = "input") -> torch.fx.Node:
-    """The node whose first argument is the tapped tensor in front of `linear`: the linear itself
-    ("input"), else a quant_act ("float") and then a rotate ("unrotated") in front of it, if any."""
-    node, targets = linear, _tap_targets()
-    for step in ("float", "unrotated")[: ("input", "float", "unrotated").index(tap)]:
-        x = node.args[0]
-        if isinstance(x, torch.fx.Node) and x.target is targets[step]:
-            node = x
-    return node
-
-
 def check_sites(program: ExportedProgram, sites: Mapping[str, torch.fx.Node]) -> dict[torch.fx.Node, list[str]]:
     """Site nodes must be nodes of program.graph whose first argument is measured: an
     `aten.linear`, or a qpasses quant_act / rotate in front of one; returns node -> site names."""
-    allowed = {torch.ops.aten.linear.default, *_tap_targets().values()}
+    allowed = {torch.ops.aten.linear.default, *TAPS.values()}
     by_node: dict[torch.fx.Node, list[str]] = {}
     for name, node in sites.items():
         if node.graph is not program.graph:

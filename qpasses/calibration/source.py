@@ -16,6 +16,7 @@ from pathlib import Path
 
 from qpasses.calibration.cache import StatsCache, windows_digest
 from qpasses.calibration.stats import SiteStats, StatsSpec
+from qpasses.domain import DOMAIN
 from qpasses.errors import PreconditionError
 
 TAPS = ("input", "float", "unrotated")
@@ -68,7 +69,8 @@ class CalibrationSource:
 
     def _collect(self, graph, sites, windows, spec, tap) -> dict[str, SiteStats]:
         if graph.stage == "fx":
-            from qpasses.calibration.collect_fx import collect_fx, tap_node
+            from qpasses.calibration.collect_fx import collect_fx
+            from qpasses.ir.fx_ops import tap_node
 
             nodes = {s.name: tap_node(next(node for prog, node in s.uses if prog == "logits"), tap) for s in sites}
             return collect_fx(graph.programs.logits, nodes, windows, spec, progress=self.progress)
@@ -77,7 +79,7 @@ class CalibrationSource:
         from qpasses.calibration.collect_onnx import collect_onnx
 
         model = graph.models["logits"]
-        if any(n.domain == "qpasses" for n in model.graph):
+        if any(n.domain == DOMAIN for n in model.graph):
             raise PreconditionError("calibration on an ONNX graph needs it runnable: lower the qpasses nodes first")
         inputs = {s.name: next(u.node.inputs[0].name for u in s.uses if u.graph is model.graph) for s in sites}
         with tempfile.TemporaryDirectory(prefix="qpasses-calib-") as tmp:

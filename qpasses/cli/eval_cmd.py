@@ -30,7 +30,7 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `qpasses eval`."""
-    from qpasses.evaluate.session import ORT_OPT_LEVELS
+    from qpasses.runtime.ort import ORT_OPT_LEVELS
 
     parser.add_argument("model", type=Path, metavar="MODEL.onnx",
                         help="the ONNX file, or a deployed folder holding model.onnx")
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Measure and print; returns the exit status. Bad inputs raise `InputError`."""
     from qpasses.evaluate.perplexity import ort_logits_fn, perplexity
-    from qpasses.evaluate.session import ort_session, ort_settings
+    from qpasses.runtime.ort import ort_session, ort_settings
 
     if args.windows < 1:
         raise InputError(f"--windows must be at least 1, got {args.windows}")

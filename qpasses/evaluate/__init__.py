@@ -1,3 +1,3 @@
 """Evaluation: `perplexity` (the protocol and the torch / onnxruntime logits functions),
-`session` (onnxruntime sessions with controlled graph optimizations) and `measure` (what a
-compile run measures)."""
+`measure` (what a compile run measures), `generate` and `layer_error`. The onnxruntime sessions
+they run are `qpasses.runtime.ort`'s."""

@@ -31,11 +31,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from qpasses.calibration.collect_fx import tap_node
 from qpasses.calibration.stats import StatsSpec
 from qpasses.errors import QPassError
 from qpasses.formats import dequantize_weight, quantize_weight
 from qpasses.formats.spec import ActFormat
+from qpasses.ir.fx_ops import tap_node
 from qpasses.ir.sites import select
 from qpasses.numerics.fake_quant import fake_quant_activation
 from qpasses.offload import release, to_file

@@ -69,7 +69,7 @@ class Evaluator:
 
     def ort(self, path: Path, label: str):
         from qpasses.evaluate.perplexity import ort_logits_fn
-        from qpasses.evaluate.session import ort_session
+        from qpasses.runtime.ort import ort_session
 
         if self.windows is None:
             return None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from qpasses.runtime import DOMAIN, LIBRARY_NAME
+from qpasses.domain import DOMAIN
+from qpasses.runtime import LIBRARY_NAME
 
 
 def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]) -> str:

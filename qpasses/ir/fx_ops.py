@@ -9,21 +9,19 @@ lowering rules either fuse into a quantized matmul or expand into standard ops.
 x ↦ x · diag(signs) · (L ⊗ B) with left_t = Lᵀ [groups, groups] and right = B [block, block]
 (numerics.rotation): x (L ⊗ B) = vec(Lᵀ X B) for X = x reshaped [groups, block]. It exports to
 standard ONNX ops that stock onnxruntime runs: Mul, Reshape, one or two small MatMuls, Reshape.
+
+`tap_node` walks back from a linear through these ops to the tensor a pass or a statistic reads.
 """
 
 from __future__ import annotations
 
-import onnx
 import onnxscript
 import torch
-from onnx.defs import OpSchema
 from onnxscript import opset21 as op
 
+from qpasses.domain import DOMAIN, DOMAIN_VERSION
 from qpasses.formats.spec import ActFormat
-
-DOMAIN = "qpasses"
-DOMAIN_VERSION = 1
-QUANT_ACT = "QuantizeActivation"
+from qpasses.ir import onnx_ops  # noqa: F401  (registers the QuantizeActivation schema)
 
 
 @torch.library.custom_op("qpasses::quant_act", mutates_args=())
@@ -38,25 +36,6 @@ def _quant_act_fake(x, kind, block_size):
     return torch.empty_like(x)
 
 
-def _register_schema() -> None:
-    if onnx.defs.has(QUANT_ACT, DOMAIN):
-        return
-    onnx.defs.register_schema(
-        OpSchema(
-            QUANT_ACT, DOMAIN, DOMAIN_VERSION,
-            doc="Quantize-dequantize X along its last axis (qpasses activation format).",
-            inputs=[OpSchema.FormalParameter("X", "T")],
-            outputs=[OpSchema.FormalParameter("Y", "T")],
-            type_constraints=[("T", ["tensor(float)"], "float32 activations")],
-            attributes=[
-                OpSchema.Attribute("kind", OpSchema.AttrType.STRING, "int8, int4 or mxfp4"),
-                OpSchema.Attribute("block_size", OpSchema.AttrType.INT, "elements per scale; 0 = per token"),
-            ],
-        )
-    )
-
-
-_register_schema()
 _opset = onnxscript.values.Opset(DOMAIN, DOMAIN_VERSION)
 
 
@@ -90,3 +69,17 @@ def _translate_rotate(x: onnxscript.FLOAT, signs, left_t, right: onnxscript.FLOA
 
 TRANSLATIONS = {torch.ops.qpasses.quant_act.default: _translate_quant_act,
                 torch.ops.qpasses.rotate.default: _translate_rotate}
+
+
+TAPS = {"float": torch.ops.qpasses.quant_act.default, "unrotated": torch.ops.qpasses.rotate.default}
+
+
+def tap_node(linear: torch.fx.Node, tap: str = "input") -> torch.fx.Node:
+    """The node whose first argument is the tapped tensor in front of `linear`: the linear itself
+    ("input"), else a quant_act ("float") and then a rotate ("unrotated") in front of it, if any."""
+    node = linear
+    for step in ("float", "unrotated")[: ("input", "float", "unrotated").index(tap)]:
+        x = node.args[0]
+        if isinstance(x, torch.fx.Node) and x.target is TAPS[step]:
+            node = x
+    return node

@@ -13,11 +13,10 @@ import numpy as np
 import torch
 
 from qpasses.formats.spec import ActFormat
-from qpasses.ir.sites import ROTATION_PREFIX, LinearSite, TensorSite
+from qpasses.ir.sites import LOWRANK_PREFIX, ROTATION_PREFIX, LinearSite, TensorSite
 
 _LINEAR = torch.ops.aten.linear.default
 _MATMUL, _ADD = torch.ops.aten.matmul.default, torch.ops.aten.add.Tensor
-LOWRANK_PREFIX = "lowrank."  # constants L [K, r], R [r, N] of a linear's low-rank branch
 
 
 def weight_fqn(programs, prog_name: str, node: torch.fx.Node) -> str:
@@ -136,8 +135,8 @@ class FxStage:
         activation quantizer, so the branch reads what the op's `L`/`R` inputs read), L [K, rank] and
         R [rank, N] zero constants `lowrank.<weight>.L/R` that `set_lowrank` fills. Identity: a zero
         branch adds nothing."""
-        from qpasses.calibration.collect_fx import tap_node
         from qpasses.ir.fx_edit import add_input
+        from qpasses.ir.fx_ops import tap_node
 
         n, k = site.shape
         for prog, node in site.uses:

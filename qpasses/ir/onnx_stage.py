@@ -18,7 +18,8 @@ import onnx_ir as ir
 
 from qpasses.errors import PostconditionError
 from qpasses.formats.spec import ActFormat
-from qpasses.ir.fx_ops import DOMAIN, DOMAIN_VERSION, QUANT_ACT
+from qpasses.ir import onnx_ops  # noqa: F401  (registers the QuantizeActivation schema)
+from qpasses.domain import DOMAIN, DOMAIN_VERSION, QUANT_ACT
 from qpasses.ir.sites import ROTATION_PREFIX, LinearSite, TensorSite
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"

@@ -19,7 +19,7 @@ from qpasses.load.common import (LoadedModel, check_finite, combined_sha256, fir
                                  versions)
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
-RANDOM_WEIGHTS = "random_weights"  # index metadata of a test model whose weights are random (models/llama_1b.py)
+RANDOM_WEIGHTS = "random_weights"  # index metadata of a test model whose weights are random (bench/llama_1b.py)
 
 
 def load(folder: Path, tokenizer: Path | None = None, name: str | None = None,

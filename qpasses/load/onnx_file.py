@@ -8,8 +8,6 @@ tokenizer comes from the `tokenizer` folder or from the folder of the .onnx file
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import numpy as np
 from qpasses.cache import sha256_file
 from qpasses.errors import InputError
 from qpasses.load.common import TOKENIZER_FILES, LoadedModel, combined_sha256, first_line, load_tokenizer, versions
+from qpasses.runtime.ort import all_tensors, check_external_data
 
 FLOAT_TYPES = ("FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16")
 
@@ -53,66 +52,6 @@ def _parse(path: Path):
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
         raise InputError(f"{path} is not a readable ONNX file ({first_line(e)}): it is corrupt or truncated; "
                          f"export or copy it again") from e
-
-
-def all_tensors(proto) -> Iterator:
-    """Every TensorProto of a model: initializers, sparse initializers and tensor attributes, in
-    the main graph, its subgraphs and the model's functions."""
-
-    def in_nodes(nodes):
-        for node in nodes:
-            for attr in node.attribute:
-                if attr.HasField("t"):
-                    yield attr.t
-                yield from attr.tensors
-                if attr.HasField("g"):
-                    yield from in_graph(attr.g)
-                for g in attr.graphs:
-                    yield from in_graph(g)
-
-    def in_graph(graph):
-        yield from graph.initializer
-        for sparse in graph.sparse_initializer:
-            yield sparse.values
-            yield sparse.indices
-        yield from in_nodes(graph.node)
-
-    yield from in_graph(proto.graph)
-    for function in proto.functions:
-        yield from in_nodes(function.node)
-
-
-def check_external_data(proto, path: Path) -> set[str]:
-    """Check every external-data reference of the model at `path`; return the locations used."""
-    from onnx import TensorProto
-
-    folder = path.parent
-    used = set()
-    for t in all_tensors(proto):
-        if t.data_location != TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in t.external_data}
-        location = info.get("location", "")
-        if not location:
-            raise InputError(f"{path}: tensor {t.name} is marked external but names no data file; export it again")
-        normal = os.path.normpath(location)
-        if os.path.isabs(location) or normal == ".." or normal.startswith(".." + os.sep):
-            raise InputError(f"{path}: tensor {t.name} keeps its data at {location!r}, outside the model's folder; "
-                             f"save the model with its data files beside it (relative locations)")
-        data = folder / normal
-        if data.exists() and not data.resolve().is_relative_to(folder.resolve()):
-            raise InputError(f"{path}: external data file {location} (tensor {t.name}) is a link to "
-                             f"{data.resolve()}, outside the model's folder; copy the file into {folder}")
-        if not data.is_file():
-            raise InputError(f"{path}: external data file {location} (tensor {t.name}) is missing; "
-                             f"copy it into {folder}")
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
-        size = data.stat().st_size
-        if end > size:
-            raise InputError(f"{path}: external data file {location} is truncated (tensor {t.name} needs "
-                             f"{end} bytes, the file has {size}); copy it again")
-        used.add(normal)
-    return used
 
 
 def _check_finite(proto, path: Path) -> None:

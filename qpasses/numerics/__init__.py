@@ -1,5 +1,3 @@
-"""Torch numerics: twins of the numpy format oracles, usable inside traced / exported graphs."""
-
-from qpasses.numerics.fake_quant import fake_quant_activation
-
-__all__ = ["fake_quant_activation"]
+"""Numerics: the quantization algorithms on plain arrays, no graph library (torch tensors in
+fake_quant, gptq, piso, smoothing and srr; numpy in hadamard, rotation and torq). The package
+itself imports nothing, so the numpy modules load without torch."""

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from qpasses.domain import DOMAIN
 from qpasses.errors import PostconditionError
 from qpasses.passes.base import Pass
 from qpasses.rules.base import optional_input
-from qpasses.runtime import DOMAIN
 from qpasses.runtime.ops import INPUTS, OPS
 
 WEIGHT_INPUTS = {"MatMulMXFP4": 3, "MatMulInt4": 4}  # A and the packed weight inputs come first

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from qpasses.errors import LoweringError
-from qpasses.export.deploy import finalize
+from qpasses.ir.cleanup import finalize
 from qpasses.passes.base import Pass
 from qpasses.rules.apply import apply_in_order
 from qpasses.rules.fuse_norms import RULES

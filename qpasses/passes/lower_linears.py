@@ -19,11 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from qpasses.domain import DOMAIN, QUANT_ACT
 from qpasses.errors import LoweringError, PostconditionError
-from qpasses.evaluate.session import QDQ_MATMULNBITS_ACCURACY_LEVEL
 from qpasses.formats import QuantizedWeight, unpack_mxfp4
 from qpasses.formats.packing import unpack_int_blocked
-from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.passes.base import Pass
 from qpasses.rules.expand_quant_act import expand_rules
 from qpasses.rules.apply import apply_in_order, explain
@@ -32,6 +31,7 @@ from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules
 from qpasses.rules.lower_runtime import runtime_rules
 from qpasses.rules.lowrank_fp16 import lowrank_fp16_rules
+from qpasses.runtime.ort import QDQ_MATMULNBITS_ACCURACY_LEVEL
 
 # The ordered rule set of each target, as (rule factory, the settings it takes). The rules apply one
 # at a time over the whole graph, in this order, so where two match one node the earlier wins (in

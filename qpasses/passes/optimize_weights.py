@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qpasses.calibration.collect_fx import tap_node
 from qpasses.calibration.sequential import layer_sequential
 from qpasses.calibration.stats import StatsSpec
 from qpasses.checkpoint import GroupStore
@@ -46,12 +45,15 @@ from qpasses.errors import PreconditionError
 from qpasses.formats import dequantize_weight, e8m0_encode, quantize_weight
 from qpasses.formats.mxfp4 import block_exponent
 from qpasses.formats.weight import QuantizedWeight, block_length
+from qpasses.ir.fx_ops import tap_node
 from qpasses.ir.sites import check_finite, select
 from qpasses.numerics import gptq, piso, srr
 from qpasses.passes.base import Pass
 from qpasses.passes.quantize_weights import on_grid
 from qpasses.passes.weight_format import WeightFormatSettings
 from qpasses.profiling import stage
+
+__all__ = ["OptimizeWeights", "solve_weight"]
 
 F64 = torch.float64
 ROW_CHUNK = 8192  # rows per PiSO / GPTQ solve (Solver.solve)
@@ -142,16 +144,17 @@ class Solver:
             return piso.grid_scales(w, self.grid, self.curvature(h), self.st.grid_points)[0]
         return piso.optimal_scales(w, self.grid, self.curvature(h))[0]
 
-    def solve(self, w: np.ndarray, h: torch.Tensor | None):
+    def solve(self, w: np.ndarray, h: torch.Tensor | None, row_chunk: int | None = None):
         """float32 W [N, K], H [K, K] (None: identity) -> QuantizedWeight. Rows are solved
-        ROW_CHUNK at a time (every method here treats rows independently): the working set of
-        PiSO and GPTQ stays that of a decoder linear even for a 49152-row lm_head."""
+        `row_chunk` (default ROW_CHUNK) at a time (every method here treats rows independently):
+        the working set of PiSO and GPTQ stays that of a decoder linear even for a 49152-row lm_head."""
         k = w.shape[1]
         group = block_length(self.fmt, k)
         target, parts = np.empty(w.shape, np.float32), []  # chunks land in float32 at once: no float64 copy of W
-        for a in range(0, w.shape[0], ROW_CHUNK):
-            rows, s = self._rows(torch.from_numpy(w[a:a + ROW_CHUNK]).to(F64), h, group)
-            target[a:a + ROW_CHUNK] = rows.float().numpy()
+        chunk = row_chunk or ROW_CHUNK
+        for a in range(0, w.shape[0], chunk):
+            rows, s = self._rows(torch.from_numpy(w[a:a + chunk]).to(F64), h, group)
+            target[a:a + chunk] = rows.float().numpy()
             parts.append(s)
         scales = torch.cat(parts)
         if self.fmt.kind == "mxfp4":
@@ -189,6 +192,15 @@ class Solver:
         if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
             raise ValueError("the low-rank factors overflow fp16; lower the rank or damp the input statistics")
         return held["q"], (left.numpy(), right.numpy()), split.k
+
+
+def solve_weight(w: np.ndarray, h: torch.Tensor | None, row_chunk: int | None = None,
+                 **settings) -> QuantizedWeight:
+    """One weight quantized as the pass quantizes a site, outside any graph (the benchmarks' entry
+    point): float32 W [N, K], H = XᵀX [K, K] float64 (None: identity); `settings` are the pass's
+    keys, those of `--set optimize_weights.*` (e.g. format="int4", block_size=64, scales="piso",
+    gptq=True); rows are solved `row_chunk` (default ROW_CHUNK) at a time."""
+    return Solver(Settings(**settings)).solve(w, h, row_chunk)
 
 
 def relative_errors(w: np.ndarray, approximations: list[np.ndarray], h: torch.Tensor | None) -> list[float]:

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qpasses.calibration.collect_fx import tap_node
 from qpasses.calibration.stats import StatsSpec
 from qpasses.errors import PreconditionError, RecipeError
 from qpasses.formats.spec import ActFormat
 from qpasses.ir.fx_flow import head_paths, norm_output
+from qpasses.ir.fx_ops import tap_node
 from qpasses.ir.fx_scales import producer_of, rotation_of
 from qpasses.ir.sites import select
 from qpasses.numerics import smoothing

@@ -14,9 +14,10 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
+from qpasses.domain import DOMAIN, QUANT_ACT
 from qpasses.formats import QuantizedWeight, dequantize_weight, quantize_weight
 from qpasses.formats.spec import WeightFormat
-from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
+from qpasses.ir import onnx_ops  # noqa: F401  (registers the QuantizeActivation schema)
 
 
 def fail(reason: str, *where) -> MatchResult:

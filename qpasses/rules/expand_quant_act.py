@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
-from qpasses.ir.fx_ops import DOMAIN
+from qpasses.domain import DOMAIN
 from qpasses.rules.base import fail
 from qpasses.rules.lower_mxfp4_std import const
 

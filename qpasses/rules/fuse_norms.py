@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
+from qpasses.domain import MS_DOMAIN
 from qpasses.rules.base import constant, fail
-
-MS_DOMAIN = "com.microsoft"
 
 
 def _scalar(v) -> float | None:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
+from qpasses.domain import MS_DOMAIN
 from qpasses.formats import pack_matmulnbits, pack_mxfp4
 from qpasses.rules.base import fail, init, on_plan
 from qpasses.rules.lower_mxfp4_std import decode_mxfp4, flatten_rows
-
-MS_DOMAIN = "com.microsoft"
 
 
 class GatherRule(RewriteRuleClassBase):

@@ -14,10 +14,9 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult
 
+from qpasses.domain import MS_DOMAIN
 from qpasses.formats import pack_matmulnbits
 from qpasses.rules.base import LinearRule, fail, init, variants
-
-MS_DOMAIN = "com.microsoft"
 
 
 class ToMatMulNBits(LinearRule):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from onnxscript.rewriter import MatchResult
 
+from qpasses.domain import DOMAIN
 from qpasses.formats import pack_mxfp4
 from qpasses.formats.packing import pack_int_blocked
 from qpasses.rules.base import LinearRule, fail, init, lowrank_inputs, variants
-from qpasses.runtime import DOMAIN
 from qpasses.runtime.ops import INPUTS, OpConfig
 
 # QuantizeActivation (kind, block) -> the op's activation attributes.

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
-from qpasses.ir.fx_stage import LOWRANK_PREFIX
+from qpasses.ir.sites import LOWRANK_PREFIX
 from qpasses.rules.base import factor_name, fail, init
 
 

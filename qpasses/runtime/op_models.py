@@ -7,9 +7,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qpasses.domain import DOMAIN, DOMAIN_VERSION
 from qpasses.formats import WeightFormat, pack_mxfp4, quantize_weight
 from qpasses.formats.packing import pack_int_blocked
-from qpasses.runtime import DOMAIN, OPSET_VERSION
 from qpasses.runtime.ops import INPUTS, OpConfig
 
 
@@ -49,6 +49,6 @@ def op_model(cfg: OpConfig, inputs: dict[str, np.ndarray], a_shape: tuple, const
     graph = helper.make_graph([node], "op", graph_inputs,
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [*a_shape[:-1], cfg.N])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+                                                    helper.make_opsetid(DOMAIN, DOMAIN_VERSION)])
     model.ir_version = 10
     return model, feeds

@@ -10,7 +10,7 @@ import torch
 
 from qpasses.errors import InputError
 from qpasses.evaluate.perplexity import PplResult, ort_logits_fn, perplexity, program_logits_fn, torch_logits_fn
-from qpasses.evaluate.session import ort_session
+from qpasses.runtime.ort import ort_session
 
 
 def test_two_windows_match_the_hand_computed_formula():

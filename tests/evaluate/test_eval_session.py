@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qpasses.errors import InputError
-from qpasses.evaluate.session import (
+from qpasses.runtime.ort import (
     METADATA_KEY,
     QDQ_MATMULNBITS_ACCURACY_LEVEL,
     ORT_OPT_LEVELS,

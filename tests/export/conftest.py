@@ -9,8 +9,9 @@ import onnxruntime as ort
 import pytest
 
 from qpasses.export.capture import capture
-from qpasses.export.deploy import finalize, save_deployment
+from qpasses.export.deploy import save_deployment
 from qpasses.export.onnx_export import OnnxModels, to_onnx
+from qpasses.ir.cleanup import finalize
 from qpasses.ir.onnx_stage import OnnxStage
 from qpasses.models.tiny import build_byte_tokenizer, build_tiny_llama
 from qpasses.passes.base import Context

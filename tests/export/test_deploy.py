@@ -9,9 +9,10 @@ import torch
 
 from onnx_builders import linear_model
 from qpasses.errors import InputError, PostconditionError, QPassError
-from qpasses.export import deploy
-from qpasses.export.deploy import DATA_FILE, EXTERNAL_MIN_BYTES, save_deployment
+from qpasses.export.deploy import DATA_FILE, save_deployment
 from qpasses.export.onnx_export import OnnxModels
+from qpasses.ir import cleanup
+from qpasses.ir.cleanup import EXTERNAL_MIN_BYTES
 from qpasses.models.tiny import build_byte_tokenizer
 
 GRAPHS = ("model.onnx", "decoder_model.onnx")
@@ -147,6 +148,6 @@ def test_finalize_refuses_to_create_large_initializers(monkeypatch):
             m.graph.register_initializer(copy)
             t.outputs[0].replace_all_uses_with(copy)
 
-    monkeypatch.setattr(deploy, "_fold", fold_the_transpose)
+    monkeypatch.setattr(cleanup, "_fold", fold_the_transpose)
     with pytest.raises(PostconditionError, match="val_7"):
-        deploy.finalize(model)
+        cleanup.finalize(model)

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from onnx_builders import linear_model, run_ort
+from qpasses.domain import QUANT_ACT
 from qpasses.errors import PostconditionError
 from qpasses.formats.spec import ActFormat
-from qpasses.ir.fx_ops import QUANT_ACT
 from qpasses.ir.onnx_stage import OnnxStage
 
 

@@ -8,7 +8,7 @@ import torch
 
 from qpasses.formats import ActFormat, fake_quant_activation_np
 from qpasses.formats.weight import merge_blocks, split_blocks
-from qpasses.numerics import fake_quant_activation
+from qpasses.numerics.fake_quant import fake_quant_activation
 
 F32 = np.float32
 FORMATS = [ActFormat(kind, block) for kind in ("int8", "int4") for block in (0, 16, 32, 48, 64, 128)]

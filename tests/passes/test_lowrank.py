@@ -13,7 +13,7 @@ from qpasses.models.tiny import build_tiny_llama
 
 from qpasses.errors import RecipeError
 from qpasses.formats import dequantize_weight
-from qpasses.ir.fx_stage import LOWRANK_PREFIX
+from qpasses.ir.sites import LOWRANK_PREFIX
 from qpasses.passes.optimize_weights import Settings, Solver
 from qpasses.passes.registry import PASSES
 from qpasses.compiler import to_stage_b

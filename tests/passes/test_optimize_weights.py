@@ -151,6 +151,8 @@ def test_rows_solved_in_chunks_give_the_same_codes(settings, monkeypatch):
     monkeypatch.setattr(ow, "ROW_CHUNK", 16)
     chunked = solver.solve(w, x.T @ x)
     assert np.array_equal(whole.codes, chunked.codes) and np.array_equal(whole.scales, chunked.scales)
+    public = ow.solve_weight(w, x.T @ x, row_chunk=8, **settings)  # the benchmarks' entry point
+    assert np.array_equal(whole.codes, public.codes) and np.array_equal(whole.scales, public.scales)
 
 
 def test_relative_errors_are_the_layer_output_errors():

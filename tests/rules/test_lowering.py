@@ -9,10 +9,10 @@ import pytest
 from onnxscript.rewriter import RewriteRuleSet
 
 from onnx_builders import linear_model, run_ort
+from qpasses.domain import DOMAIN, QUANT_ACT
 from qpasses.errors import PostconditionError
 from qpasses.formats import dequantize_weight, fake_quant_activation_np
 from qpasses.formats.spec import ActFormat, WeightFormat
-from qpasses.ir.fx_ops import DOMAIN, QUANT_ACT
 from qpasses.ir.onnx_stage import OnnxStage
 from qpasses.passes.base import Context
 from qpasses.passes.lower_linears import LowerLinears

@@ -12,17 +12,21 @@ here resolves its optimization level and config entries from, in order of preced
 3. the default: optimization "all" and no config entries (ORT's own defaults).
 
 Config entries merge key by key: an explicit entry replaces the metadata entry of the same key.
+Every file is checked first: it parses and its external-data references stay inside its folder,
+exist and cover their bytes (`check_external_data`, which the ONNX input loader runs too).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qpasses import runtime
+from qpasses.domain import DOMAIN
 from qpasses.errors import InputError
+from qpasses.runtime.library import library_path
 
 ORT_OPT_LEVELS = {"disable", "basic", "extended", "all"}
 DEFAULT_OPTIMIZATION = "all"
@@ -84,8 +88,8 @@ def ort_session(path: Path | str, threads: int | None = None, optimization: str 
     path = Path(path)
     proto = _read_model(path)
     settings = _settings(proto, path, optimization, extra_config)
-    if not register_libraries and any(op.domain == runtime.DOMAIN for op in proto.opset_import):
-        register_libraries = [str(runtime.library_path())]
+    if not register_libraries and any(op.domain == DOMAIN for op in proto.opset_import):
+        register_libraries = [str(library_path())]
     so = ort.SessionOptions()
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -112,11 +116,16 @@ def ort_session(path: Path | str, threads: int | None = None, optimization: str 
         raise InputError(f"onnxruntime cannot load {path}: {_first_line(e)}") from e
 
 
+def session(path: Path | str, threads: int | None = None, optimization: str | None = None,
+            extra_config: dict[str, str] | None = None):
+    """An onnxruntime session on `path` with our ops registered (see `ort_session`)."""
+    return ort_session(path, threads=threads, optimization=optimization, extra_config=extra_config,
+                       register_libraries=[str(library_path())])
+
+
 def _read_model(path: Path):
     """The ModelProto of `path` without its weights, after checking its external-data files."""
     import onnx
-
-    from qpasses.load.onnx_file import check_external_data
 
     if not path.is_file():
         raise InputError(f"ONNX file {path} does not exist")
@@ -128,6 +137,66 @@ def _read_model(path: Path):
         raise InputError(f"{path} is not an ONNX model (it holds no graph)")
     check_external_data(proto, path)
     return proto
+
+
+def all_tensors(proto) -> Iterator:
+    """Every TensorProto of a model: initializers, sparse initializers and tensor attributes, in
+    the main graph, its subgraphs and the model's functions."""
+
+    def in_nodes(nodes):
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from in_graph(attr.g)
+                for g in attr.graphs:
+                    yield from in_graph(g)
+
+    def in_graph(graph):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from in_nodes(graph.node)
+
+    yield from in_graph(proto.graph)
+    for function in proto.functions:
+        yield from in_nodes(function.node)
+
+
+def check_external_data(proto, path: Path) -> set[str]:
+    """Check every external-data reference of the model at `path`; return the locations used."""
+    from onnx import TensorProto
+
+    folder = path.parent
+    used = set()
+    for t in all_tensors(proto):
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        if not location:
+            raise InputError(f"{path}: tensor {t.name} is marked external but names no data file; export it again")
+        normal = os.path.normpath(location)
+        if os.path.isabs(location) or normal == ".." or normal.startswith(".." + os.sep):
+            raise InputError(f"{path}: tensor {t.name} keeps its data at {location!r}, outside the model's folder; "
+                             f"save the model with its data files beside it (relative locations)")
+        data = folder / normal
+        if data.exists() and not data.resolve().is_relative_to(folder.resolve()):
+            raise InputError(f"{path}: external data file {location} (tensor {t.name}) is a link to "
+                             f"{data.resolve()}, outside the model's folder; copy the file into {folder}")
+        if not data.is_file():
+            raise InputError(f"{path}: external data file {location} (tensor {t.name}) is missing; "
+                             f"copy it into {folder}")
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        size = data.stat().st_size
+        if end > size:
+            raise InputError(f"{path}: external data file {location} is truncated (tensor {t.name} needs "
+                             f"{end} bytes, the file has {size}); copy it again")
+        used.add(normal)
+    return used
 
 
 def _metadata_settings(proto, path: Path) -> dict:

@@ -10,7 +10,7 @@ The folder holds one bf16 safetensors shard per decoder layer plus one for the e
 final norm, with the `model.safetensors.index.json` transformers reads. It is built one shard at a
 time (at most one layer's tensors in memory) and published atomically.
 
-    python -m models.llama_1b OUT [--layers N] [--seed S]
+    python -m bench.llama_1b OUT [--layers N] [--seed S]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def parameter_count(shape: dict = SHAPE) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m models.llama_1b")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m bench.llama_1b")
     parser.add_argument("out", type=Path, help="folder to create (must not exist)")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default 16: the 1B shape)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
