@@ -55,7 +55,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 from tokenizers import Tokenizer

@@ -245,9 +245,9 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes) ->
 
 def save(final, folder: Path, loaded, recipe, metadata: dict[str, str]) -> None:
     from qpasses.export.deploy import write_deployment
-    from qpasses.ir.cleanup import finalize
     from qpasses.export.folder_readme import folder_readme
     from qpasses.export.onnx_export import OnnxModels
+    from qpasses.ir.cleanup import finalize
 
     for model in final.models.values():
         finalize(model)

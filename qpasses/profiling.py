@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 
-_active: "Profile | None" = None
+_active: Profile | None = None
 
 
 def rss_bytes() -> int:
@@ -55,7 +55,7 @@ class Profile:
         self._done = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True, name="qpasses-rss")
 
-    def __enter__(self) -> "Profile":
+    def __enter__(self) -> Profile:
         global _active
         if _active is not None:
             raise RuntimeError("a profile is already open")

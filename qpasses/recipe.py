@@ -97,7 +97,7 @@ class Recipe:
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
-    def with_sets(self, sets: list[str]) -> "Recipe":
+    def with_sets(self, sets: list[str]) -> Recipe:
         """Apply `pass.key=value` assignments (values parsed as TOML, else taken as strings)."""
         passes = [(n, dict(s)) for n, s in self.passes]
         for item in sets:

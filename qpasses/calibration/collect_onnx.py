@@ -8,8 +8,8 @@ all-ones attention mask.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import onnx

@@ -171,7 +171,7 @@ class SiteStats:
         sel = sel[index[sel].argsort()]
         self._rows, self._keys, self._index = rows[sel], keys[sel], index[sel]
 
-    def merge(self, other: "SiteStats") -> "SiteStats":
+    def merge(self, other: SiteStats) -> SiteStats:
         """Fold `other` (same spec) into self, as if its rows had followed ours; returns self.
 
         Exact for every statistic. The token reservoir keeps the smallest keys of both; two
@@ -277,7 +277,7 @@ class SiteStats:
                 "generator": self._gen.get_state()}
 
     @classmethod
-    def from_state(cls, spec: StatsSpec, state: dict) -> "SiteStats":
+    def from_state(cls, spec: StatsSpec, state: dict) -> SiteStats:
         s = cls(spec)
         s.count, s.width, s.dtype = state["count"], state["width"], getattr(torch, state["dtype"])
         s._gen.set_state(state["generator"])

@@ -24,7 +24,7 @@ import onnx_ir as ir
 
 from qpasses.errors import InputError, PostconditionError
 from qpasses.export.onnx_export import OnnxModels
-from qpasses.ir.cleanup import EXTERNAL_MIN_BYTES, large_initializers
+from qpasses.ir.cleanup import large_initializers
 
 DATA_FILE = "model.onnx.data"
 GRAPH_FILES = {"logits": "model.onnx", "decoder": "decoder_model.onnx"}

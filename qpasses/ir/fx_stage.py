@@ -27,7 +27,7 @@ def weight_fqn(programs, prog_name: str, node: torch.fx.Node) -> str:
 
 
 class FxSite(LinearSite):
-    def __init__(self, stage: "FxStage", name: str, weight_name: str, uses: list[tuple[str, torch.fx.Node]]):
+    def __init__(self, stage: FxStage, name: str, weight_name: str, uses: list[tuple[str, torch.fx.Node]]):
         self.stage, self.name, self.weight_name, self.uses = stage, name, weight_name, uses
 
     def weight(self) -> np.ndarray:
@@ -63,7 +63,7 @@ class FxSite(LinearSite):
 class FxTable(TensorSite):
     """An embedding table: aten.embedding(W[V, H], ids) with W a parameter."""
 
-    def __init__(self, stage: "FxStage", name: str, weight_name: str):
+    def __init__(self, stage: FxStage, name: str, weight_name: str):
         self.stage, self.name, self.weight_name = stage, name, weight_name
 
     def weight(self) -> np.ndarray:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from qpasses.domain import DOMAIN, DOMAIN_VERSION, QUANT_ACT
 from qpasses.errors import PostconditionError
 from qpasses.formats.spec import ActFormat
 from qpasses.ir import onnx_ops  # noqa: F401  (registers the QuantizeActivation schema)
-from qpasses.domain import DOMAIN, DOMAIN_VERSION, QUANT_ACT
 from qpasses.ir.sites import ROTATION_PREFIX, LinearSite, TensorSite
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"

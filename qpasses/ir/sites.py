@@ -18,7 +18,6 @@ import numpy as np
 from qpasses.errors import InputError
 from qpasses.formats.spec import ActFormat
 
-
 ROTATION_PREFIX = "rotations."  # initializers of online rotations (ir.fx_ops.rotate): never linear sites
 LOWRANK_PREFIX = "lowrank."  # constants L [K, r], R [r, N] of a linear's low-rank branch (FxStage.add_lowrank)
 

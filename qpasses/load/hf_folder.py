@@ -15,8 +15,15 @@ import torch
 
 from qpasses.cache import sha256_file
 from qpasses.errors import InputError
-from qpasses.load.common import (LoadedModel, check_finite, combined_sha256, first_line, load_tokenizer, offline,
-                                 versions)
+from qpasses.load.common import (
+    LoadedModel,
+    check_finite,
+    combined_sha256,
+    first_line,
+    load_tokenizer,
+    offline,
+    versions,
+)
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 RANDOM_WEIGHTS = "random_weights"  # index metadata of a test model whose weights are random (bench/llama_1b.py)

@@ -45,11 +45,11 @@ class Context:
     """
 
     ignore: tuple[str, ...] = ()
-    overrides: tuple["Override", ...] = ()
+    overrides: tuple[Override, ...] = ()
     seed: int = 0
     quantized: dict[str, Any] = field(default_factory=dict)
     act_formats: dict[str, Any] = field(default_factory=dict)
-    calibration: "CalibrationSource | None" = None
+    calibration: CalibrationSource | None = None
     notes: Notes = field(default_factory=Notes)
     checkpoint: Any = None
     step: int = 0

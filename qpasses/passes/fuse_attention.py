@@ -1,5 +1,5 @@
 """fuse_attention: the decoder graph's exported attention -> com.microsoft RotaryEmbedding (q, k)
-+ GroupQueryAttention (rules/fuse_attention.py, which states the identity).
++ GroupQueryAttention (rules/group_query_attention.py, which states the identity).
 
 Runs on the folded graph; a site of any other shape is left alone, with the reason in the notes.
 Stage: onnx, decoder graph only (the logits graph has no cache).
@@ -14,7 +14,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from qpasses.ir.cleanup import finalize
 from qpasses.passes.base import Pass
 from qpasses.rules.apply import apply_in_order, failures
-from qpasses.rules.fuse_attention import rules
+from qpasses.rules.group_query_attention import rules
 
 
 @dataclass(frozen=True)

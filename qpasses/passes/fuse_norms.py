@@ -1,4 +1,4 @@
-"""fuse_norms: residual add + RMSNorm -> one SkipSimplifiedLayerNormalization (rules/fuse_norms.py).
+"""fuse_norms: residual add + RMSNorm -> one SkipSimplifiedLayerNormalization (rules/skip_rmsnorm.py).
 
 Identity relied on: stated by the rule; the fused kernel agrees to float rounding. Dead nodes left
 behind are removed. Stage: onnx. Zero rewrites is allowed (models without RMSNorm).
@@ -14,7 +14,7 @@ from qpasses.errors import LoweringError
 from qpasses.ir.cleanup import finalize
 from qpasses.passes.base import Pass
 from qpasses.rules.apply import apply_in_order
-from qpasses.rules.fuse_norms import RULES
+from qpasses.rules.skip_rmsnorm import RULES
 
 
 @dataclass(frozen=True)

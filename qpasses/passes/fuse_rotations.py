@@ -1,5 +1,5 @@
 """fuse_rotations: an online block-Hadamard rotation in front of a runtime matmul moves into the op
-(rules/fuse_rotations.py, which states the identity).
+(rules/rotation_ops.py, which states the identity).
 
 Rotations with a left factor (full-width or Kronecker) or another B stay standard ops, with the
 reason in the notes; so do a fused rotation's nodes while another reader needs them. Stage: onnx,
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from qpasses.errors import LoweringError
 from qpasses.passes.base import Pass
 from qpasses.rules.apply import apply_in_order, failures
-from qpasses.rules.fuse_rotations import RULES
+from qpasses.rules.rotation_ops import RULES
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from qpasses.errors import LoweringError, PostconditionError
 from qpasses.formats import QuantizedWeight, unpack_mxfp4
 from qpasses.formats.packing import unpack_int_blocked
 from qpasses.passes.base import Pass
-from qpasses.rules.expand_quant_act import expand_rules
 from qpasses.rules.apply import apply_in_order, explain
+from qpasses.rules.expand_quant_act import expand_rules
 from qpasses.rules.lower_gather import gather_rules
 from qpasses.rules.lower_int import matmulnbits_rules, qdq_rules
 from qpasses.rules.lower_mxfp4_std import mxfp4_std_rules

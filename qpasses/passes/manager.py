@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from qpasses.errors import NoMatchError, PreconditionError, QPassError
 from qpasses.passes.base import Context, Pass, PassResult

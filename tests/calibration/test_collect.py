@@ -1,10 +1,9 @@
 import onnx
 import pytest
 import torch
+from gram_check import assert_gram_close
 
 from qpasses.calibration import StatsSpec, collect_fx, collect_onnx
-
-from gram_check import assert_gram_close
 
 QS = (0.9, 0.99)
 SPEC = StatsSpec(quantiles=QS, max_tokens=128, gram=True, keep_tokens=32)

@@ -1,9 +1,8 @@
 import pytest
 import torch
+from gram_check import assert_gram_close
 
 from qpasses.calibration.stats import SiteStats, StatsSpec
-
-from gram_check import assert_gram_close
 
 
 def heavy_tailed(t: int, k: int, seed: int, dtype=torch.float32) -> torch.Tensor:

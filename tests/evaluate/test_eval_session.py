@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from qpasses.errors import InputError
 from qpasses.runtime.ort import (
     METADATA_KEY,
-    QDQ_MATMULNBITS_ACCURACY_LEVEL,
     ORT_OPT_LEVELS,
+    QDQ_MATMULNBITS_ACCURACY_LEVEL,
     ort_session,
     ort_settings,
 )

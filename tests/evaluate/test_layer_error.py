@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from qpasses.models.tiny import build_tiny_llama
 
 from qpasses.calibration.source import CalibrationSource
 from qpasses.cli.main import main
@@ -22,6 +21,7 @@ from qpasses.export.capture import capture
 from qpasses.formats import ActFormat, WeightFormat, dequantize_weight, quantize_weight
 from qpasses.formats.act import fake_quant_activation_np
 from qpasses.ir.fx_stage import FxStage
+from qpasses.models.tiny import build_tiny_llama
 from qpasses.passes.base import Context
 from qpasses.passes.manager import PassManager
 from qpasses.passes.quantize_activations import QuantizeActivations

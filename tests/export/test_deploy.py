@@ -6,8 +6,8 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
-
 from onnx_builders import linear_model
+
 from qpasses.errors import InputError, PostconditionError, QPassError
 from qpasses.export.deploy import DATA_FILE, save_deployment
 from qpasses.export.onnx_export import OnnxModels

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from onnx_builders import linear_model, run_ort
+
 from qpasses.domain import QUANT_ACT
 from qpasses.errors import PostconditionError
 from qpasses.formats.spec import ActFormat

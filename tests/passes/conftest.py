@@ -3,6 +3,7 @@
 import pytest
 import torch
 from fx_helpers import IDS
+
 from qpasses.models.tiny import build_tiny_llama
 
 

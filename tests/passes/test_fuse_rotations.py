@@ -8,18 +8,17 @@ import onnx_ir as ir
 import pytest
 import torch
 from onnx_builders import linear_model, run_ort
-from qpasses.models.tiny import build_tiny_llama
 
+from qpasses.compiler import to_stage_b
 from qpasses.domain import DOMAIN
 from qpasses.export.capture import capture
 from qpasses.ir.fx_stage import FxStage
 from qpasses.ir.onnx_stage import OnnxStage
+from qpasses.models.tiny import build_tiny_llama
 from qpasses.numerics.rotation import Rotation
 from qpasses.passes.base import Context
 from qpasses.passes.fuse_rotations import FuseRotations
 from qpasses.passes.registry import PASSES
-from qpasses.compiler import to_stage_b
-from qpasses.domain import DOMAIN
 from qpasses.runtime.ops import INPUTS
 
 STAGE_A = [("untie_embeddings", {}),

@@ -9,14 +9,14 @@ import pytest
 import torch
 from fx_helpers import IDS, logits, rel, transform
 from onnx_builders import run_ort
-from qpasses.models.tiny import build_tiny_llama
 
+from qpasses.compiler import to_stage_b
 from qpasses.errors import RecipeError
 from qpasses.formats import dequantize_weight
 from qpasses.ir.sites import LOWRANK_PREFIX
+from qpasses.models.tiny import build_tiny_llama
 from qpasses.passes.optimize_weights import Settings, Solver
 from qpasses.passes.registry import PASSES
-from qpasses.compiler import to_stage_b
 
 SRR = {"block_size": 32, "gptq": True, "rank": 4}
 

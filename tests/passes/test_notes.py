@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from qpasses.passes.notes import Notes
 from qpasses.compiler import manifest
+from qpasses.passes.notes import Notes
 
 
 def test_the_manifest_keeps_every_note():

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from fx_helpers import transform
-from qpasses.models.tiny import build_tiny_llama
 
+from qpasses.compiler import to_stage_b
 from qpasses.errors import InputError, PreconditionError, RecipeError
 from qpasses.formats import dequantize_weight
+from qpasses.models.tiny import build_tiny_llama
 from qpasses.passes.base import Context
 from qpasses.passes.registry import PASSES
-from qpasses.compiler import to_stage_b
 
 CASES = {
     "int4-grid-mse": {"block_size": 32, "scales": "grid", "hessian": "identity"},

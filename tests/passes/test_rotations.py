@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from fx_helpers import IDS, logits, rel, transform
-from qpasses.models.tiny import build_tiny_llama
 
+from qpasses.compiler import stage_a, to_stage_b
 from qpasses.errors import PreconditionError, RecipeError
 from qpasses.ir.fx_flow import head_paths, residual_stream
+from qpasses.models.tiny import build_tiny_llama
 from qpasses.passes.base import Context
 from qpasses.passes.registry import PASSES
-from qpasses.compiler import stage_a, to_stage_b
 
 CANON = [("untie_embeddings", {}), ("fold_norms", {})]
 QUAROT = [*CANON, ("rotate_residual", {}), ("rotate_heads", {}), ("rotate_inputs", {})]

@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from fx_helpers import IDS, logits, rel, transform
-from qpasses.models.tiny import build_tiny_llama
 
-from qpasses.errors import PreconditionError, RecipeError
-from qpasses.passes.registry import PASSES
 from qpasses.compiler import to_stage_b
+from qpasses.errors import PreconditionError, RecipeError
+from qpasses.models.tiny import build_tiny_llama
+from qpasses.passes.registry import PASSES
 
 UNTIE, FOLD = ("untie_embeddings", {}), ("fold_norms", {})
 ONLINE = ("rotate_inputs", {"inputs": ["norm", "attention", "other"]})

@@ -3,8 +3,8 @@ lm_head's MatMulNBits (or MatMulInt4) reads the very same packed initializer."""
 
 import numpy as np
 import pytest
-
 from onnx_builders import run_ort, tied_embedding_model
+
 from qpasses.errors import RecipeError
 from qpasses.formats import dequantize_weight
 from qpasses.ir.onnx_stage import OnnxStage

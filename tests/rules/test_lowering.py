@@ -6,9 +6,9 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 import pytest
+from onnx_builders import linear_model, run_ort
 from onnxscript.rewriter import RewriteRuleSet
 
-from onnx_builders import linear_model, run_ort
 from qpasses.domain import DOMAIN, QUANT_ACT
 from qpasses.errors import PostconditionError
 from qpasses.formats import dequantize_weight, fake_quant_activation_np

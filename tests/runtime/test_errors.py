@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from op_session import run
 
-from qpasses.runtime.op_models import op_model, random_weights
-
 from qpasses.errors import InputError
+from qpasses.runtime.op_models import op_model, random_weights
 from qpasses.runtime.ops import OpConfig
 
 MX = OpConfig("MatMulMXFP4", K=64, N=32, act_bits=8)

@@ -13,10 +13,10 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-from qpasses.runtime.op_models import op_model, random_weights
 
 from qpasses.errors import InputError
 from qpasses.runtime import session
+from qpasses.runtime.op_models import op_model, random_weights
 from qpasses.runtime.ops import OpConfig
 from qpasses.runtime.reference import check_close, reference
 

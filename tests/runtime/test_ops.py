@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 from op_session import run
 
-from qpasses.runtime.op_models import op_model, random_weights
-
 from qpasses.formats import ActFormat, WeightFormat, fake_quant_activation_np, quantize_weight
 from qpasses.formats.packing import pack_int_blocked
 from qpasses.numerics.hadamard import block_hadamard_np
 from qpasses.runtime import available_isas
+from qpasses.runtime.op_models import op_model, random_weights
 from qpasses.runtime.ops import OpConfig
 from qpasses.runtime.ort import ort_session
 from qpasses.runtime.reference import check_close, reference

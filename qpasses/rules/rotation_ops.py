@@ -17,9 +17,9 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
+from qpasses.domain import DOMAIN
 from qpasses.numerics.hadamard import hadamard_matrix
 from qpasses.rules.base import NoMatch, constant, fail, optional_input, producer
-from qpasses.domain import DOMAIN
 from qpasses.runtime.ops import INPUTS, OPS
 
 ATOL = 1e-6  # B equals H_b / sqrt(b) to this (a float32 copy of the float64 matrix)
