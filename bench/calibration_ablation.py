@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
+from child_run import run_qpasses  # bench/child_run.py: a script's folder is sys.path[0]
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.child_run import run_qpasses  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "calibration"
 COMPOSED = ("int4-w4a16", "mxfp4-w4a16", "mxfp4-w4a8", "mxfp4-w4a4", "int4-w4a4")

@@ -28,14 +28,12 @@ import sys
 import time
 from pathlib import Path
 
+import generate  # bench/generate.py, the ORT speed loop (a script's folder is sys.path[0])
 from tokenizers import Tokenizer
 
+from qpasses.recipe import COMPOSED, load_recipe, parse
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
-import generate  # noqa: E402  (bench/generate.py: the ORT speed loop)
-
-from qpasses.recipe import COMPOSED, load_recipe, parse  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "pipeline"
 ABLATIONS = ROOT / "bench" / "recipes"  # the recipes that are not built in, by name

@@ -23,14 +23,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from child_run import run_qpasses  # bench/child_run.py: a script's folder is sys.path[0]
+from scale import ensure_1b
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.child_run import run_qpasses  # noqa: E402
-from bench.scale import ensure_1b  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "profile"
 GiB = 2**30

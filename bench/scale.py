@@ -25,9 +25,9 @@ import os
 import sys
 from pathlib import Path
 
+from child_run import run_qpasses  # bench/child_run.py: a script's folder is sys.path[0]
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from bench.child_run import run_qpasses  # noqa: E402
 
 RUNS = ROOT / "bench" / "results" / "scale"
 GiB = 2**30
@@ -47,7 +47,8 @@ def run(name: str, model: str, args) -> dict:
 
 
 def ensure_1b(layers: int) -> Path:
-    from bench import llama_1b
+    import llama_1b
+
     from qpasses.cache import cache_dir, locked
 
     folder = cache_dir() / "models" / f"llama-1b-random-seed0-{layers}layers"
