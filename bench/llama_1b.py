@@ -85,7 +85,8 @@ def build(out: Path, layers: int | None = None, seed: int = 0) -> Path:
                 weight_map[name] = file
                 total += data[name].numel() * data[name].element_size()
             save_file(data, str(built / file), metadata={"format": "pt"})
-        meta = {"metadata": {"total_size": total, "seed": seed, RANDOM_WEIGHTS: f"seeded ({seed}) by models/llama_1b.py"},
+        meta = {"metadata": {"total_size": total, "seed": seed,
+                             RANDOM_WEIGHTS: f"seeded ({seed}) by models/llama_1b.py"},
                 "weight_map": weight_map}
         (built / "model.safetensors.index.json").write_text(json.dumps(meta, indent=2))
         publish(built, out)

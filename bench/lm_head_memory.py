@@ -30,7 +30,8 @@ def child(chunk: int, out: str) -> None:
     q = solve_weight(w, h, row_chunk=chunk, format="int4", block_size=64, scales="piso", gptq=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     np.save(out, q.codes)
-    print(f"row chunk {chunk}: peak RSS {peak:.2f} GiB (inputs ready: {before:.2f} GiB), {time.perf_counter() - t:.0f} s")
+    print(f"row chunk {chunk}: peak RSS {peak:.2f} GiB (inputs ready: {before:.2f} GiB), "
+          f"{time.perf_counter() - t:.0f} s")
 
 
 def main() -> None:

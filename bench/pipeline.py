@@ -185,7 +185,8 @@ def tables(composed: dict, ablation: dict, refs: dict, speed: list[dict], llama:
             delta = f"{ppl - c20:+.2f}" if c20 else "-"
             md.append(f"| {setting} | peer: {peer} | | | {ppl:.2f} | | | | | | {delta} |")
     md += ["", "## Speed: decode and prefill, onnxruntime and llama.cpp", "",
-           "| engine | variant | threads | file MB | decode tok/s | decode ms/token | prefill tok/s |", "|---|---|---|---|---|---|---|"]
+           "| engine | variant | threads | file MB | decode tok/s | decode ms/token | prefill tok/s |",
+           "|---|---|---|---|---|---|---|"]
     for s in speed:
         md.append(f"| onnxruntime | {s['variant']} | {s['threads']} | {s['weights_mb']:.1f} | {s['decode_tps']:.0f} | "
                   f"{s['decode_ms']:.2f} | {s['prefill_tps']:.0f} |")
@@ -207,7 +208,8 @@ def plots(out: Path, model: str, points: list[dict], speed: list[dict], llama: l
         composed = p["name"] in COMPOSED
         ax.scatter(p["bits_per_weight"], p["ppl20"], marker="*" if composed else "o", s=120 if composed else 30,
                    color="C3" if composed else "C0")
-        ax.annotate(p["name"], (p["bits_per_weight"], p["ppl20"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(p["name"], (p["bits_per_weight"], p["ppl20"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
     ax.set(xlabel="bits per weight (every parameter, file)", ylabel="perplexity, ORT, first 20 windows",
            yscale="log", title=f"{model}: perplexity against size (stars: composed recipes)")
     ax.grid(alpha=0.3)
@@ -280,17 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     md = ["# qpasses results on " + args.model, "",
           f"* command: `{cmd}`; {start['date']}, finished after {time.perf_counter() - T0:.0f} s",
           f"* CPU: {generate.header([]).get('cpu', platform.processor())}, {os.cpu_count()} cores; load average at "
-          f"start {' '.join(f'{x:.2f}' for x in start['load'])}, at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+          f"start {' '.join(f'{x:.2f}' for x in start['load'])}, "
+          f"at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
           "* versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; {llama_note}",
           f"* perplexity: {windows} x 512 windows of the evaluation text (20 for the ablation and the peers); "
           "'ppl torch' is the stage-A program, 'ppl ORT' the deployed model.onnx; file size counts every file of "
           "the deployed folder; quantize time is calibration, passes, lowering and export (no evaluation); "
-          f"speed: bench/generate.py loop (decode {args.tokens} tokens after a 16-token prompt, prefill {args.prompt}), "
+          f"speed: bench/generate.py loop (decode {args.tokens} tokens after a 16-token prompt, "
+          f"prefill {args.prompt}), "
           f"median of {args.rounds} interleaved rounds; llama.cpp: llama-bench -p {args.prompt} -n {args.tokens} -r 5.",
           "* peers: measured on the same model, text and windows by earlier hands-on runs "
           "(docs/evaluation.md#peers), not re-run here.", ""]
     md += tables(composed, ablation, refs, speed, llama, windows)
-    names = plots(out, args.model, [*composed.values(), *refs.values(), *(r for rows in ablation.values() for r in rows)],
+    names = plots(out, args.model,
+                  [*composed.values(), *refs.values(), *(r for rows in ablation.values() for r in rows)],
                   speed, llama)
     md += ["", *[f"![{n}]({n})" for n in names], ""]
     text = "\n".join(md)

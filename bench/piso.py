@@ -66,7 +66,7 @@ def main() -> None:
         parts = list(blocks(w, stats[site.name].gram, args.group))
         base = sum(float(((w @ h) * w).sum()) for w, h in parts)  # ‖Xw‖²: error = base + E
 
-        def run(fn):
+        def run(fn, parts=parts, base=base):
             e, t = timed(fn, parts)
             return base + e, t
 

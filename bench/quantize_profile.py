@@ -55,15 +55,16 @@ def profile(key: str, label: str, threads: int | None, eval_windows: int | None)
 
 def table(rows: list[dict]) -> list[str]:
     """Stages as rows, one seconds / cores / peak column group per saved label."""
-    stages = sorted({s for r in rows for s in r["profile"]}, key=lambda s: -max(r["profile"].get(s, {}).get("seconds", 0)
-                                                                               for r in rows))
+    stages = sorted({s for r in rows for s in r["profile"]},
+                    key=lambda s: -max(r["profile"].get(s, {}).get("seconds", 0) for r in rows))
     head = "| stage | " + " | ".join(f"{r['label']} s | cores | peak GiB" for r in rows) + " |"
     md = [head, "|---|" + "---:|---:|---:|" * len(rows)]
     for s in stages:
         cells = []
         for r in rows:
             p = r["profile"].get(s)
-            cells.append(" | | " if p is None else f"{p['seconds']:.1f} | {p['cpu_seconds'] / max(p['seconds'], 1e-9):.2f} "
+            cells.append(" | | " if p is None else f"{p['seconds']:.1f} | "
+                                                    f"{p['cpu_seconds'] / max(p['seconds'], 1e-9):.2f} "
                                                     f"| {p['peak_rss_bytes'] / GiB:.2f}")
         md.append(f"| {s} | " + " | ".join(cells) + " |")
     md.append("| **quantize_seconds** | " + " | ".join(f"**{r['quantize_seconds']:.0f}** | | " for r in rows) + " |")
@@ -83,9 +84,9 @@ def document(path: Path) -> None:
     md = ["# Where the quantize time goes", "",
           "Made by `bench/quantize_profile.py` (its docstring says how); each column group is one run of the default "
           "recipe (`qpasses run --no-eval`, layer-error probe on). Seconds are exclusive (a pass's row holds what its "
-          "forwards, statistics and solves leave over); cores = CPU seconds / wall seconds; peak is the resident memory "
-          "sampled while the stage ran. `quantize_seconds` is the report's: capture, passes, export and write, without "
-          "load, evaluation and the layer-error probe.", ""]
+          "forwards, statistics and solves leave over); cores = CPU seconds / wall seconds; peak is the resident "
+          "memory sampled while the stage ran. `quantize_seconds` is the report's: capture, passes, export and write, "
+          "without load, evaluation and the layer-error probe.", ""]
     for key in ("smollm2", "1b"):
         rows = sorted((json.loads(p.read_text()) for p in RUNS.glob(f"{key}-*.json")), key=lambda r: r["date"])
         if not rows:

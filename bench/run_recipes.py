@@ -6,8 +6,8 @@
 A name is a built-in recipe or one of bench/recipes/NAME.toml (the RTN variants that are not built in).
 
 Writes bench/results/<model>/<recipe>/ (the deployed folders with their reports) and
-bench/results/<model>/recipes.md (the table; --table names another file). Each run is a separate `qpasses run` process so
-wall time and peak RSS are per recipe.
+bench/results/<model>/recipes.md (the table; --table names another file). Each run is a separate `qpasses run`
+process so wall time and peak RSS are per recipe.
 """
 
 from __future__ import annotations
@@ -57,17 +57,17 @@ def fmt(x, spec=".2f"):
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| recipe | ppl torch (stage A) | ppl ORT (deployed) | ORT vs torch | file MB | x fp32 file | bits/weight | "
-             "wall s | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | ppl torch (stage A) | ppl ORT (deployed) | ORT vs torch | file MB | x fp32 file | "
+             "bits/weight | wall s | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['recipe']} | error: {r['error']} |")
             continue
         a, q = r["ppl_stage_a"], r["ppl_quant"]
         rel = None if a is None or q is None else 100 * (q - a) / a
-        lines.append(f"| {r['recipe']} | {fmt(a, '.4f')} | {fmt(q, '.4f')} | {fmt(rel, '+.3f')}% | {r['onnx_bytes'] / 1e6:.1f} | "
-                     f"{r['onnx_bytes'] / r['fp32_onnx_bytes']:.3f} | {r['bits_per_weight']:.2f} | "
-                     f"{r['wall_seconds']:.0f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
+        lines.append(f"| {r['recipe']} | {fmt(a, '.4f')} | {fmt(q, '.4f')} | {fmt(rel, '+.3f')}% | "
+                     f"{r['onnx_bytes'] / 1e6:.1f} | {r['onnx_bytes'] / r['fp32_onnx_bytes']:.3f} | "
+                     f"{r['bits_per_weight']:.2f} | {r['wall_seconds']:.0f} | {r['peak_rss_bytes'] / 2**30:.2f} |")
     return "\n".join(lines)
 
 
@@ -76,7 +76,8 @@ def pass_table(rows: list[dict]) -> str:
     lines = ["| recipe | pass times (s) |", "|---|---|"]
     for r in rows:
         if "error" not in r:
-            lines.append(f"| {r['recipe']} | " + ", ".join(f"{p['name']} {p['seconds']:.1f}" for p in r["passes"]) + " |")
+            lines.append(f"| {r['recipe']} | " + ", ".join(f"{p['name']} {p['seconds']:.1f}" for p in r["passes"])
+                         + " |")
     return "\n".join(lines)
 
 
@@ -86,7 +87,8 @@ def main() -> None:
     p.add_argument("--recipes", nargs="+", default=DEFAULT)
     p.add_argument("--eval-windows", type=int, default=80)
     p.add_argument("--threads", type=int)
-    p.add_argument("--no-stage-a-eval", action="store_true", help="skip the torch perplexity of each transformed program")
+    p.add_argument("--no-stage-a-eval", action="store_true",
+                   help="skip the torch perplexity of each transformed program")
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--table", default="recipes.md", help="file name of the table, next to the deployed folders")
     p.add_argument("--table-only", action="store_true", help="rebuild the table from the saved reports, run nothing")

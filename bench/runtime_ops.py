@@ -9,8 +9,9 @@ Method (the table is described in docs/runtime.md#speed-of-the-ops):
   576x49152. Like a pre-norm transformer, each layer reads LayerNormalization(x) and adds its down output
   to the residual x (one LayerNormalization before lm_head too): these [M, 576] ops cost next to nothing
   and keep the activations O(1) (a bare chain with gate*up blows up or underflows to denormals, and it is
-  chaotic, so quantization error would decorrelate the output completely after 30 layers). One ONNX graph per variant, same weights for all variants
-  (INT4 bytes shared by our MatMulInt4 and com.microsoft.MatMulNBits, MXFP4 bytes by MatMulMXFP4).
+  chaotic, so quantization error would decorrelate the output completely after 30 layers). One ONNX graph per
+  variant, same weights for all variants (INT4 bytes shared by our MatMulInt4 and com.microsoft.MatMulNBits,
+  MXFP4 bytes by MatMulMXFP4).
 * Cold weights. The 4-bit stack is ~70-85 MB, the fp32 one ~540 MB, far above the 32 MB L3, so every
   token streams the weights from DRAM: decode is a bandwidth test.
 * Timing. Sessions use ORT_ENABLE_ALL and intra_op_num_threads = T (spin-waiting on, ORT's default,
@@ -222,7 +223,8 @@ def bench_mode(mode: str, variants, weights, args, probes, tmp: Path) -> tuple[d
         paths[v.name] = tmp / f"{mode}-{v.name}.onnx"
         external = model.ByteSize() > 1.8e9
         onnx.save_model(model, paths[v.name], save_as_external_data=external, location=f"{mode}-{v.name}.data")
-        log(f"{mode}: saved {v.name} ({paths[v.name].stat().st_size / 1e6:.0f} MB{', external data' if external else ''})")
+        log(f"{mode}: saved {v.name} ({paths[v.name].stat().st_size / 1e6:.0f} MB"
+            f"{', external data' if external else ''})")
         del model
     for threads in args.threads:
         sessions, ref = {}, None

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=16, help="decoder layers of the 1B-shaped model (default 16)")
     ap.add_argument("--recipe", default="int4-w4a16", help="recipe of both runs (default int4-w4a16, the default)")
-    ap.add_argument("--calib-windows", type=int, default=None, help="calibration windows of 512 tokens (default: qpasses')")
+    ap.add_argument("--calib-windows", type=int, default=None,
+                    help="calibration windows of 512 tokens (default: qpasses')")
     ap.add_argument("--threads", type=int, default=2, help="threads of each run (default 2)")
     ap.add_argument("--reuse", action="store_true", help="reuse a model's earlier run made with the same command")
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where scale.md and scale_rss.png go (docs/)")

@@ -3,18 +3,21 @@ perplexity against rank, next to the rank-0 run of the same quantizer, with the 
 remaining gap to the float model each rank closes, bits per weight, file size, time and memory.
 
     R=bench/results/smollm2-135m
-    .venv/bin/python -m qpasses.cli.main run --recipe bench/recipes/mxfp4-w4a16-srr.toml --threads 1 --out $R/mxfp4-w4a16-srr-r32
-    .venv/bin/python -m qpasses.cli.main eval $R/mxfp4-w4a16-srr-r32 --windows 20 --json > $R/mxfp4-w4a16-srr-r32/eval20.json
-    .venv/bin/python -m qpasses.cli.main run --recipe bench/recipes/mxfp4-w4a16-qer.toml --set optimize_weights.rank=16 \\
-        --eval-windows 20 --threads 1 --out $R/mxfp4-w4a16-qer-r16
+    .venv/bin/python -m qpasses.cli.main run --recipe bench/recipes/mxfp4-w4a16-srr.toml --threads 1 \\
+        --out $R/mxfp4-w4a16-srr-r32
+    .venv/bin/python -m qpasses.cli.main eval $R/mxfp4-w4a16-srr-r32 --windows 20 --json \\
+        > $R/mxfp4-w4a16-srr-r32/eval20.json
+    .venv/bin/python -m qpasses.cli.main run --recipe bench/recipes/mxfp4-w4a16-qer.toml \\
+        --set optimize_weights.rank=16 --eval-windows 20 --threads 1 --out $R/mxfp4-w4a16-qer-r16
     .venv/bin/python bench/srr.py $R/*-srr-* $R/*-qer-* [--rank0 mxfp4-w4a16=mxfp4-w4a16-piso-gptq]
 
 A folder is named <setting>-<srr|qer>-r<rank> (or -b<bits> for a bit budget); its report gives the
 perplexity on 80 windows (or 20 for a sweep run, `--eval-windows 20`) and eval20.json, when there,
-the first 20. Rank 0 is the same recipe without the branch: a <setting>-srr-r0 folder, or else its perplexities come from the
-`weights.md` table of the same results folder (issue 7's runs; `--rank0 SETTING=RUN` maps a setting
-to a row there), its bits per weight and size from a `<setting>-rtn-speed` folder (same format and
-layout) when one is given. Writes bench/results/<model>/srr.md (--out names another file).
+the first 20. Rank 0 is the same recipe without the branch: a <setting>-srr-r0 folder, or else its
+perplexities come from the `weights.md` table of the same results folder (issue 7's runs;
+`--rank0 SETTING=RUN` maps a setting to a row there), its bits per weight and size from a
+`<setting>-rtn-speed` folder (same format and layout) when one is given. Writes
+bench/results/<model>/srr.md (--out names another file).
 """
 
 from __future__ import annotations

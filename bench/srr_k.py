@@ -78,7 +78,8 @@ def main() -> None:
         probe_s = time.perf_counter() - t
         spectral = srr.srr(w, h, args.rank, quantize, whiten=(s, s_inv)).k
         rows.append((site.name, curve, measured, spectral, sweep, probe_s))
-        print(f"{site.name}: best k {int(np.argmin(curve))}, measured k* {measured}, spectral k* {spectral}", flush=True)
+        print(f"{site.name}: best k {int(np.argmin(curve))}, measured k* {measured}, spectral k* {spectral}",
+              flush=True)
     write(rows, args)
 
 
@@ -88,7 +89,7 @@ def write(rows, args) -> None:
     for name, curve, measured, spectral, sweep, probe_s in rows:
         best = int(np.argmin(curve))
 
-        def gap(k):
+        def gap(k, curve=curve, best=best):
             return f"{curve[k] / curve[best] - 1:+.1%}"
 
         lines.append(f"| {name} | {curve[0]:.5f} | {best} | {curve[best]:.5f} | {measured} | {gap(measured)} | "

@@ -39,8 +39,9 @@ def row(folder: Path) -> str:
     else:
         error = "-"
     stage_a = report.get("ppl_stage_a")
-    return (f"| {folder.name} | {method} | {'-' if stage_a is None else f'{stage_a:.4f}'} | {report['ppl_quant']:.4f} | "
-            f"{report['ppl_quant'] / report['ppl_fp']:.3f} | {'-' if ppl20 is None else f'{ppl20:.4f}'} | "
+    return (f"| {folder.name} | {method} | {'-' if stage_a is None else f'{stage_a:.4f}'} | "
+            f"{report['ppl_quant']:.4f} | {report['ppl_quant'] / report['ppl_fp']:.3f} | "
+            f"{'-' if ppl20 is None else f'{ppl20:.4f}'} | "
             f"{seconds:.0f} | {report['quantize_seconds']:.0f} | {report['peak_rss_bytes'] / 2**30:.2f} | {error} |")
 
 

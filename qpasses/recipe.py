@@ -107,7 +107,8 @@ class Recipe:
             pass_name, key = lhs.strip().rsplit(".", 1)
             hits = [s for n, s in passes if n == pass_name]
             if not hits:
-                raise RecipeError(f"--set {item!r}: recipe {self.name!r} has no pass {pass_name!r}; it has {[n for n, _ in passes]}")
+                raise RecipeError(f"--set {item!r}: recipe {self.name!r} has no pass {pass_name!r}; "
+                                  f"it has {[n for n, _ in passes]}")
             for s in hits:
                 s[key] = _parse_value(raw)
         text = self.text + "".join(f"\n# --set {s}" for s in sets)
@@ -119,12 +120,14 @@ class Recipe:
         out = []
         for name, settings in self.passes:
             if name not in PASSES:
-                raise RecipeError(f"recipe {self.name!r}: unknown pass {name!r}; known passes: {', '.join(sorted(PASSES))}")
+                raise RecipeError(f"recipe {self.name!r}: unknown pass {name!r}; "
+                                  f"known passes: {', '.join(sorted(PASSES))}")
             out.append(PASSES[name](**settings))
         known = {p.name for p in out}
         for ov in self.overrides:
             if ov.pass_name not in known:
-                raise RecipeError(f"recipe {self.name!r}: override names pass {ov.pass_name!r}, which the recipe does not run")
+                raise RecipeError(f"recipe {self.name!r}: override names pass {ov.pass_name!r}, "
+                                  "which the recipe does not run")
             PASSES[ov.pass_name](**ov.settings)  # validates the override's keys and values
         return out
 
@@ -199,5 +202,6 @@ def load_recipe(ref: str) -> Recipe:
                           f"run it with --recipe {moved}")
     f = builtin_dir() / f"{ref}.toml"
     if not f.is_file():
-        raise RecipeError(f"unknown recipe {ref!r}; built-in recipes: {', '.join(builtin_recipes())} (or pass a .toml path)")
+        raise RecipeError(f"unknown recipe {ref!r}; built-in recipes: {', '.join(builtin_recipes())} "
+                          "(or pass a .toml path)")
     return parse(f.read_text(), ref)

@@ -125,7 +125,8 @@ def render_markdown(r: dict) -> str:
         f"| perplexity, stage A (torch) | {_fmt(r['ppl_stage_a'])} |",
         f"| perplexity, deployed (onnxruntime) | {_fmt(r['ppl_quant'])} ({r['ort']}) |",
         f"| scored tokens | {r['eval_tokens'] or 'n/a'} ({r['eval_windows'] or 0} windows) |",
-        f"| deployed model files | {r['onnx_bytes'] / 1e6:.1f} MB ({ratio:.3f}x of fp32 {r['fp32_onnx_bytes'] / 1e6:.1f} MB) |",
+        f"| deployed model files | {r['onnx_bytes'] / 1e6:.1f} MB "
+        f"({ratio:.3f}x of fp32 {r['fp32_onnx_bytes'] / 1e6:.1f} MB) |",
         f"| bits per weight | {r['bits_per_weight']:.2f} |",
         f"| quantize time | {r['quantize_seconds']:.1f} s (total run {r['total_seconds']:.1f} s) |",
         f"| peak RSS | {r['peak_rss_bytes'] / 2**30:.2f} GiB |",

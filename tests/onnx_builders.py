@@ -12,7 +12,8 @@ OPSET = 21
 
 def linear_model(k: int, n: int, layouts=("nk", "kn"), seed: int = 0, scale: float = 0.1) -> tuple[ir.Model, dict]:
     """x[b, s, K] -> one linear per layout, outputs summed. "nk": MatMul(x, Transpose(W)), "kn": MatMul(x, Wt),
-    "gemm" / "gemm_bias": Gemm(transB=1) on a flattened x, without / with a bias. Returns the model and {weight name: W[N, K]}."""
+    "gemm" / "gemm_bias": Gemm(transB=1) on a flattened x, without / with a bias. Returns the model and
+    {weight name: W[N, K]}."""
     rng = np.random.default_rng(seed)
     nodes, inits, weights, outs = [], [], {}, []
     for i, layout in enumerate(layouts):

@@ -68,7 +68,8 @@ def test_generate_talks_from_the_deployed_folder(int4_run, capsys):
     assert main(["generate", str(int4_run), "--prompt", "hello", "--max-tokens", "5", "--threads", "1"]) == 0
     out, err = capsys.readouterr()
     assert "prompt tokens" in err and "new tokens" in err
-    assert main(["generate", str(int4_run), "--prompt", "hello", "--raw", "--max-tokens", "3", "--temperature", "0.8"]) == 0
+    assert main(["generate", str(int4_run), "--prompt", "hello", "--raw", "--max-tokens", "3",
+                 "--temperature", "0.8"]) == 0
 
 
 def test_generate_on_a_folder_without_a_decoder_is_one_line(tmp_path, capsys):
@@ -211,7 +212,8 @@ def test_bert_style_encoder_gets_weight_only_rtn(tmp_path, capsys):
 
     folder = save_tiny_bert(tmp_path / "tiny-bert")
     out = tmp_path / "bert-int4"
-    base = ["run", "--model", str(folder), "--recipe", "int4-w4a16-rtn", "--out", str(out), "--no-progress", "--set", "quantize_weights.block_size=32"]
+    base = ["run", "--model", str(folder), "--recipe", "int4-w4a16-rtn", "--out", str(out), "--no-progress",
+            "--set", "quantize_weights.block_size=32"]
     assert main(base) == 2
     assert "not a causal language model" in error_line(capsys)
     assert main([*base, "--no-eval"]) == 0

@@ -39,8 +39,8 @@ def test_set_overrides_a_pass_setting():
     ('bogus = 1', "unknown key"),
     ('[[pass]]\nname = ', "not valid TOML"),
     ('[[pass]]\nname = "quantize_weights"\n[[override]]\nmatch = "*.v_proj"\npass = "lower_linears"\n', "does not run"),
-    ('[[pass]]\nname = "quantize_weights"\n[[override]]\nmatch = "*.v_proj"\npass = "quantize_weights"\nblock_size = 7\n',
-     "block_size 7"),
+    ('[[pass]]\nname = "quantize_weights"\n[[override]]\nmatch = "*.v_proj"\npass = "quantize_weights"\n'
+     'block_size = 7\n', "block_size 7"),
 ])
 def test_bad_recipes_say_what_is_wrong(text, msg):
     with pytest.raises(RecipeError, match=msg):

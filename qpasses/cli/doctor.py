@@ -80,7 +80,8 @@ def check_kernels(rep: Report) -> bool:
 
     isas = available_isas()
     saved = os.environ.get("QPASSES_ISA")
-    used = f"QPASSES_ISA={saved} is set: sessions use it" if saved else f"sessions use {isas[-1]} (QPASSES_ISA overrides)"
+    used = (f"QPASSES_ISA={saved} is set: sessions use it" if saved
+            else f"sessions use {isas[-1]} (QPASSES_ISA overrides)")
     rep.line(True, "CPU kernel paths", f"{', '.join(isas)}; {used}")
     ok = True
     try:

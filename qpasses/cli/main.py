@@ -79,7 +79,8 @@ def _recipes(args) -> int:
         print(title)
         for name in names:
             print(f"  {name:<{width}}  {items[name]}")
-    print("or any recipe file: --recipe path/to/recipe.toml (the ablation recipes are in the repository's bench/recipes/)")
+    print("or any recipe file: --recipe path/to/recipe.toml "
+          "(the ablation recipes are in the repository's bench/recipes/)")
     return 0
 
 
@@ -92,12 +93,16 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="quantize a model with a recipe", description=RUN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--model", default="smollm2-135m",
-                   help="smollm2-135m, tiny-llama, tiny-llama-96, a Hugging Face folder, or an .onnx file (default %(default)s)")
-    r.add_argument("--recipe", default=DEFAULT_RECIPE, help="built-in recipe name or .toml path (default %(default)s; see `qpasses recipes`)")
+                   help="smollm2-135m, tiny-llama, tiny-llama-96, a Hugging Face folder, or an .onnx file "
+                        "(default %(default)s)")
+    r.add_argument("--recipe", default=DEFAULT_RECIPE,
+                   help="built-in recipe name or .toml path (default %(default)s; see `qpasses recipes`)")
     r.add_argument("--out", type=Path, help="output folder (default: <model>-<recipe>)")
     r.add_argument("--tokenizer", help="Hugging Face folder with the tokenizer, for models that carry none")
-    r.add_argument("--calib-windows", type=int, default=128, help="calibration windows of 512 tokens (default %(default)s)")
-    r.add_argument("--eval-windows", type=int, default=80, help="evaluation windows of 512 tokens (default %(default)s)")
+    r.add_argument("--calib-windows", type=int, default=128,
+                   help="calibration windows of 512 tokens (default %(default)s)")
+    r.add_argument("--eval-windows", type=int, default=80,
+                   help="evaluation windows of 512 tokens (default %(default)s)")
     r.add_argument("--text", type=Path, help="evaluation text file (default: the GNU Coding Standards from Debian)")
     r.add_argument("--no-eval", action="store_true", help="skip all perplexity measurements")
     r.add_argument("--no-stage-a-eval", action="store_true",

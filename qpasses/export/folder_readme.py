@@ -72,7 +72,8 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
     lines += ["Ort::Session session(env, ORT_TSTR(\"model.onnx\"), so);", "```", ""]
     if custom:
         lines += [f"`{LIBRARY_NAME}` exports `RegisterCustomOps` (the C API's custom-op entry point); it picks the",
-                  "AVX-512, AVX2 or scalar kernels when a session is created (`QPASSES_ISA=scalar|avx2|avx512` forces one).", ""]
+                  "AVX-512, AVX2 or scalar kernels when a session is created "
+                  "(`QPASSES_ISA=scalar|avx2|avx512` forces one).", ""]
     lines += ["Session settings the compiler chose (also in the graphs' `qpasses.ort` metadata):",
               f"`{json.dumps(ort) if ort else 'none'}`.", ""]
     return "\n".join(lines)

@@ -150,7 +150,7 @@ class FxStage:
                 b = graph.call_function(_MATMUL, (t, lr[1]))
             with graph.inserting_after(b):
                 y = graph.call_function(_ADD, (node, b))
-            node.replace_all_uses_with(y, delete_user_cb=lambda user: user is not y)
+            node.replace_all_uses_with(y, delete_user_cb=lambda user, y=y: user is not y)
             fake = x.meta["val"].fake_mode.from_tensor
             t.meta["val"] = _MATMUL(x.meta["val"], fake(lr[0].meta["val"]))
             b.meta["val"] = _MATMUL(t.meta["val"], fake(lr[1].meta["val"]))

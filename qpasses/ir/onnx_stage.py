@@ -185,7 +185,8 @@ class OnnxStage:
         lines = []
         for gname, model in self.models.items():
             ops = Counter(f"{n.domain + '.' if n.domain else ''}{n.op_type}" for n in model.graph)
-            lines.append(f"== {gname}: {sum(ops.values())} nodes: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+            lines.append(f"== {gname}: {sum(ops.values())} nodes: "
+                         + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
             for n in model.graph:
                 ins = ", ".join(i.name if i is not None else "" for i in n.inputs)
                 outs = ", ".join(o.name for o in n.outputs)

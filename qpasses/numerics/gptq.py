@@ -38,7 +38,8 @@ def group_order(diag: torch.Tensor, group: int, act_order: bool) -> list[torch.T
 
 
 def gptq(w: torch.Tensor, h: torch.Tensor, group: int, scales_for: ScalesFor, grid: torch.Tensor,
-         damp: float = 0.01, act_order: bool = True, lazy: int = 128, compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+         damp: float = 0.01, act_order: bool = True, lazy: int = 128,
+         compiled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """W [N, K], H [K, K] -> (Ŵ [N, K] dequantized, scales [N, ceil(K / group)] per original group).
 
     group: columns per scale (K or more: one scale per row). grid: the unscaled grid; a column w

@@ -88,7 +88,8 @@ class Rotation:
 
     @property
     def is_block_hadamard(self) -> int:
-        """b when R = diag(signs) · (I ⊗ H_b / sqrt(b)), H_b Sylvester (a fused FWHT of block b; 1 = signs only), else 0."""
+        """b when R = diag(signs) · (I ⊗ H_b / sqrt(b)), H_b Sylvester (a fused FWHT of block b; 1 = signs only),
+        else 0."""
         b = self.block
         return b if self.left is None and not b & (b - 1) and _normalized_hadamard(self.right) else 0
 

@@ -12,8 +12,8 @@ of whitened matrices (Eckart–Young), mapped back with S⁻¹:
 k = 0 is QER (QERA-exact with this S), k = r preserve-only. The probe picks k* in one shot:
 k* = argmin_k e(k) · ρ_{r−k}(S E), E uniform noise in [−1, 1] (one draw, fixed seed), ρ_p the
 spectral energy left after rank p, e(k) = ρ_k(S W) (the spec's rule) or the quantization error
-of W − P1 measured with a cheap quantizer (our default: see `probe`). Each rank-p piece is stored balanced, L = S⁻¹ U_p Σ_p^½ and
-R = Σ_p^½ V_pᵀ, so neither factor's range outgrows fp16.
+of W − P1 measured with a cheap quantizer (our default: see `probe`). Each rank-p piece is stored
+balanced, L = S⁻¹ U_p Σ_p^½ and R = Σ_p^½ V_pᵀ, so neither factor's range outgrows fp16.
 """
 
 from __future__ import annotations

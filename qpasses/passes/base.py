@@ -85,7 +85,8 @@ class Pass(abc.ABC):
         unknown = set(settings) - known
         if unknown:
             raise RecipeError(
-                f"pass {self.name!r} has no setting {', '.join(sorted(unknown))}; it takes: {', '.join(sorted(known | {'ignore'}))}"
+                f"pass {self.name!r} has no setting {', '.join(sorted(unknown))}; "
+                f"it takes: {', '.join(sorted(known | {'ignore'}))}"
             )
         try:
             self.settings = self.Settings(**settings)

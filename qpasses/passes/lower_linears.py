@@ -137,4 +137,5 @@ class LowerLinears(Pass):
             for name, q in planned.items():  # decode(pack(q)) == q, on the bytes really stored
                 got = stored_codes(model, name, q)
                 if got is not None and not same_codes(got, q):
-                    raise PostconditionError(f"{name}: the packed bytes in the {gname} graph do not decode to its codes")
+                    raise PostconditionError(f"{name}: the packed bytes in the {gname} graph "
+                                             "do not decode to its codes")

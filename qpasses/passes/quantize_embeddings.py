@@ -27,7 +27,8 @@ class Settings(WeightFormatSettings):
     def __post_init__(self):
         super().__post_init__()
         if not self.weight_format().block_size or not self.symmetric:
-            raise ValueError("embeddings take symmetric int4 or int8 with a block size of 16, 32, 64, 128 or 256, or mxfp4")
+            raise ValueError("embeddings take symmetric int4 or int8 with a block size of 16, 32, 64, 128 or 256, "
+                             "or mxfp4")
 
 
 class QuantizeEmbeddings(Pass):

@@ -195,7 +195,8 @@ class SmoothInputs(Pass):
             alphas, qs = searches[level]
             chosen = {}
             for g in groups if st.per_layer else [pick]:
-                table = smoothing.grid_search(g.calib, {q: g.a(q) for q in qs}, smoothing.column_absmax(g.w), alphas, qs)
+                table = smoothing.grid_search(g.calib, {q: g.a(q) for q in qs}, smoothing.column_absmax(g.w),
+                                              alphas, qs)
                 chosen[g.name] = table[0][:2]
                 if g is pick:
                     info[level] = {"alpha": table[0][0], "quantile": table[0][1], "table": table}

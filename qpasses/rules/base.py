@@ -114,7 +114,8 @@ class LinearRule(RewriteRuleClassBase):
     def check(self, context, x, w, y, c=None, xq=None, lo=None, ro=None, **_):
         if self.layout.startswith("gemm"):
             attrs = y.producer().attributes
-            if attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
+            if (attrs.get_int("transA", 0) or attrs.get_float("alpha", 1.0) != 1.0
+                    or attrs.get_float("beta", 1.0) != 1.0):
                 return fail("only Gemm with transA = 0, alpha = beta = 1 is a plain linear", y)
         if w.const_value is None or len(w.const_value.shape) != 2:
             return fail(f"{w.name} is not a constant 2-D weight", w)

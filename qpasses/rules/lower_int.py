@@ -27,7 +27,8 @@ class ToMatMulNBits(LinearRule):
     def check_lowering(self, w, q, xq):
         block = q.codes.shape[2]
         if block < 16 or block & (block - 1):
-            return fail(f"{w.name}: block of {block} is not a power of two >= 16 as MatMulNBits needs; use target qdq", w)
+            return fail(f"{w.name}: block of {block} is not a power of two >= 16 as MatMulNBits needs; "
+                        "use target qdq", w)
         if self.act and self.act_format(xq) != ("int8", 32):
             return fail(f"{w.name}: MatMulNBits quantizes activations only as int8 per 32 (accuracy_level 4), "
                         f"not {self.act_format(xq)}", xq)
@@ -36,7 +37,8 @@ class ToMatMulNBits(LinearRule):
     def lower(self, op, x, w, q, xq):
         n, k = q.shape
         packed = pack_matmulnbits(q)
-        inputs = [x, init(op, f"{w.name}.qweight", packed["B"], near=w), init(op, f"{w.name}.qscales", packed["scales"])]
+        inputs = [x, init(op, f"{w.name}.qweight", packed["B"], near=w),
+                  init(op, f"{w.name}.qscales", packed["scales"])]
         if packed["zero_points"] is not None:
             inputs.append(init(op, f"{w.name}.qzeros", packed["zero_points"]))
         return op.MatMulNBits(*inputs, _domain=MS_DOMAIN, K=k, N=n, bits=q.fmt.bits, block_size=q.codes.shape[2],

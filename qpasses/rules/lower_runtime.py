@@ -53,7 +53,8 @@ class ToRuntimeMatMul(LinearRule):
             inputs = [x, init(op, f"{w.name}.qweight", b, near=w), init(op, f"{w.name}.qscales", e)]
         else:
             packed = pack_int_blocked(q)
-            inputs = [x, init(op, f"{w.name}.qweight", packed["B"], near=w), init(op, f"{w.name}.qscales", packed["scales"])]
+            inputs = [x, init(op, f"{w.name}.qweight", packed["B"], near=w),
+                      init(op, f"{w.name}.qscales", packed["scales"])]
             if packed["zero_points"] is not None:
                 inputs.append(init(op, f"{w.name}.qzeros", packed["zero_points"]))
         if lowrank is not None:

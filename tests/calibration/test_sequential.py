@@ -102,7 +102,8 @@ def test_an_edit_of_the_last_node_only_costs_that_node(tiny, restore, monkeypatc
     assert runs["n"] == (sum(n - 1 for n in nodes) + len(groups) - 1) * 2
     ep.state_dict.update(originals)
     for i, group in enumerate(groups):  # the same statistics as a fresh collection on the processed model
-        assert_same(seen[i][next(iter(group))], collect_fx(ep, group, tiny.windows, SPEC, progress=False)[next(iter(group))])
+        assert_same(seen[i][next(iter(group))],
+                    collect_fx(ep, group, tiny.windows, SPEC, progress=False)[next(iter(group))])
         scale(ep, group, 1.25 + 0.1 * i)
 
 

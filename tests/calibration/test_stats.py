@@ -126,9 +126,9 @@ def test_state_round_trip_and_errors():
         assert torch.equal(a, b)
     r.update(torch.ones(5, 4))  # the reservoir stream continues
     with pytest.raises(ValueError, match="not collected"):
-        feed(StatsSpec(), heavy_tailed(10, 4, 0), 5).gram
+        _ = feed(StatsSpec(), heavy_tailed(10, 4, 0), 5).gram
     with pytest.raises(ValueError, match="no tokens"):
-        SiteStats(spec).mean
+        _ = SiteStats(spec).mean
     with pytest.raises(ValueError, match="width"):
         s.update(torch.ones(3, 5))
     with pytest.raises(ValueError, match="buffer holds"):

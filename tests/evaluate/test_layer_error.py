@@ -47,7 +47,10 @@ def run_fx(passes, probe_passes=None):
     graph, ctx = FxStage(capture(model)), Context(ignore=("lm_head",), calibration=Windows())
     probe = LayerErrorProbe(passes if probe_passes is None else probe_passes)
     probe.start(graph, ctx)
-    no_export = lambda g: SimpleNamespace(stage="onnx", graph_count=1)
+
+    def no_export(g):
+        return SimpleNamespace(stage="onnx", graph_count=1)
+
     PassManager(passes, to_onnx=no_export, log=lambda s: None, after_pass=lambda g, r: probe.after(g, ctx, r)).run(
         graph, ctx
     )

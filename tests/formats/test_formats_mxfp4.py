@@ -138,6 +138,8 @@ def test_given_exponents_round_trip():
     codes = quantize_weight(w, fmt).scales + np.uint8(1)  # one binade up: nothing saturates
     q = quantize_weight(w, fmt, codes)
     assert np.array_equal(q.scales, codes)
-    assert np.array_equal(dequantize_weight(q), e2m1_decode(e2m1_encode(w.reshape(3, 2, 32) / e8m0_decode(codes)[..., None])).reshape(3, 64) * np.repeat(e8m0_decode(codes), 32, 1))
+    assert np.array_equal(dequantize_weight(q),
+                          e2m1_decode(e2m1_encode(w.reshape(3, 2, 32) / e8m0_decode(codes)[..., None])).reshape(3, 64)
+                          * np.repeat(e8m0_decode(codes), 32, 1))
     again = quantize_weight(dequantize_weight(q), fmt, q.scales)
     assert np.array_equal(again.codes, q.codes)

@@ -145,7 +145,8 @@ def test_truncated_safetensors_names_the_tensor_cut_off(tiny_folder):
     path.write_bytes(data[:-4])  # the tensor stored last loses its final bytes
     header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     last = max((t["data_offsets"][1], n) for n, t in header.items() if n != "__metadata__")[1]
-    with pytest.raises(InputError, match=rf"model.safetensors is not a readable safetensors file.*tensor {last} is cut off"):
+    with pytest.raises(InputError,
+                       match=rf"model.safetensors is not a readable safetensors file.*tensor {last} is cut off"):
         load_model(str(tiny_folder))
 
 
@@ -180,7 +181,8 @@ def test_a_random_weights_model_is_marked_in_source_and_report(tiny_folder):
     from qpasses.report import render_markdown
 
     names = list(load_file(str(tiny_folder / "model.safetensors")))
-    index = {"metadata": {RANDOM_WEIGHTS: "seeded (0) by a test"}, "weight_map": dict.fromkeys(names, "model.safetensors")}
+    index = {"metadata": {RANDOM_WEIGHTS: "seeded (0) by a test"},
+             "weight_map": dict.fromkeys(names, "model.safetensors")}
     (tiny_folder / "model.safetensors.index.json").write_text(json.dumps(index))
     loaded = load_model(str(tiny_folder))
     assert loaded.source[RANDOM_WEIGHTS] == "seeded (0) by a test"

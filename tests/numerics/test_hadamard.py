@@ -1,4 +1,5 @@
-"""Hadamard matrices (Sylvester, Paley I and II, Kronecker products) and the block Hadamard of the runtime's exact order."""
+"""Hadamard matrices (Sylvester, Paley I and II, Kronecker products) and the block Hadamard of the runtime's
+exact order."""
 
 import numpy as np
 import pytest

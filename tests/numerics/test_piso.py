@@ -20,7 +20,8 @@ def problem(seed: int, rows: int = 12, d: int = 16, mode: str = "dense"):
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(rows, d, generator=gen, dtype=F64)
     w[:, 0] *= 4
-    x = torch.randn(48, d, generator=gen, dtype=F64) @ (torch.eye(d, dtype=F64) + 0.5 * torch.randn(d, d, generator=gen, dtype=F64))
+    x = torch.randn(48, d, generator=gen, dtype=F64) @ (
+        torch.eye(d, dtype=F64) + 0.5 * torch.randn(d, d, generator=gen, dtype=F64))
     x *= torch.rand(d, generator=gen, dtype=F64) * 3
     h = x.T @ x
     return w, {"identity": None, "diag": h.diagonal().clone(), "dense": h}[mode]
@@ -63,7 +64,8 @@ def test_the_compiled_sweep_equals_the_torch_one(grid):
     for seed in range(3):
         w, h = problem(seed, rows=40, d=64)
         w[0] = 0  # an all-zero row
-        w[1] = g[torch.randint(len(g), (64,), generator=torch.Generator().manual_seed(seed))] * 0.25  # on the grid: tied events
+        # on the grid: tied events
+        w[1] = g[torch.randint(len(g), (64,), generator=torch.Generator().manual_seed(seed))] * 0.25
         w[2, 5:] = 0
         s_c, e_c = piso.optimal_scales(w, g, h)
         s_t, e_t = piso.optimal_scales(w, g, h, compiled=False)
@@ -103,7 +105,8 @@ def test_exponent_search_is_the_best_power_of_two(mode):
 
 def layer(seed=0, n=24, k=96):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(512, k, generator=gen, dtype=F64) @ (torch.eye(k, dtype=F64) + 0.3 * torch.randn(k, k, generator=gen, dtype=F64) / k**0.5)
+    x = torch.randn(512, k, generator=gen, dtype=F64) @ (
+        torch.eye(k, dtype=F64) + 0.3 * torch.randn(k, k, generator=gen, dtype=F64) / k**0.5)
     x[:, :3] *= 8
     return torch.randn(n, k, generator=gen, dtype=F64), x.T @ x
 
@@ -146,7 +149,10 @@ def test_piso_inside_gptq_beats_gptq_with_amax_scales():
 def test_the_compiled_gptq_loop_gives_the_torch_loops_bits(group):
     w, h = layer(4)
     w[3] = 0
-    for grid, scales in ((piso.INT4, amax_scales), (piso.E2M1, lambda wg, hg: 2.0 ** torch.ceil(torch.log2(wg.abs().amax(1).clamp_min(1e-9) / 6)))):
+    for grid, scales in (
+        (piso.INT4, amax_scales),
+        (piso.E2M1, lambda wg, hg: 2.0 ** torch.ceil(torch.log2(wg.abs().amax(1).clamp_min(1e-9) / 6))),
+    ):
         want = gptq.gptq(w, h, group, scales, grid, lazy=40, compiled=False)
         got = gptq.gptq(w, h, group, scales, grid, lazy=40)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -163,7 +163,8 @@ def test_relative_errors_are_the_layer_output_errors():
     x = rng.standard_normal((300, 48)) * rng.uniform(0.1, 5, 48)
     w = rng.standard_normal((40, 48)).astype(np.float32)
     approx = [w + 0.01 * rng.standard_normal(w.shape).astype(np.float32), np.zeros_like(w)]
-    want = [np.square(x @ (w - a).T.astype(np.float64)).sum() / np.square(x @ w.T.astype(np.float64)).sum() for a in approx]
+    want = [np.square(x @ (w - a).T.astype(np.float64)).sum() / np.square(x @ w.T.astype(np.float64)).sum()
+            for a in approx]
     got = relative_errors(w, approx, torch.from_numpy(x.T @ x))
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert got[1] == pytest.approx(1.0, rel=1e-6)
