@@ -48,7 +48,7 @@ TOP_KEYS = {"description", "ignore", "pass", "override"}
 # too; docs/results.md), one per setting, and the one `qpasses run` uses when none is named.
 COMPOSED = ("int4-w4a16", "mxfp4-w4a16", "mxfp4-w4a8", "mxfp4-w4a4", "int4-w4a4")
 DEFAULT_RECIPE = "int4-w4a16"
-# Built in until issue 23, now bench/recipes/NAME.toml: the ablation and single-method recipes.
+# Once built in, now bench/recipes/NAME.toml: the ablation and single-method recipes.
 MOVED_TO_BENCH = frozenset("""
     int4-w4a16-gptq int4-w4a16-mse int4-w4a16-piso int4-w4a16-piso-gptq int4-w4a16-qer int4-w4a16-rtn-full
     int4-w4a16-srr int4-w4a4-hadamard int4-w4a4-online int4-w4a4-smoothrot-trained int4-w4a8-rtn
