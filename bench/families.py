@@ -1,0 +1,113 @@
+"""Which decoder families the compiler takes: one tiny seeded config per family through a few recipes.
+
+    .venv/bin/python bench/families.py                         # every family x int4-w4a16-rtn, int4-w4a16, mxfp4-w4a4
+    .venv/bin/python bench/families.py --families gpt2 opt --recipes int4-w4a16-rtn
+
+Each family is a random model of its Hugging Face class (hidden 64, 2 layers, 4 heads, 2 KV heads where
+the family has them, vocabulary 512 with the byte tokenizer of qpasses.models.tiny), saved once under
+bench/results/families/<family>/model and compiled with `qpasses run --eval-windows 2` in a child
+process. A cell is "ok" when the run succeeds and quantizes every linear of the model (ORT perplexity
+against stage A in brackets), "fp32 linears" when it succeeds but lowers fewer linear sites than the
+model has, else the error's last line. Writes docs/families.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "bench" / "results" / "families"
+SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=2048, vocab_size=512)
+# family -> (config class, model class, config fields beyond SHAPE); names as transformers spells them
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "llama-untied": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": False}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "mistral-sliding": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 64}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 2048}),
+    "falcon": ("FalconConfig", "FalconForCausalLM", {"new_decoder_architecture": False, "multi_query": True}),
+    "opt": ("OPTConfig", "OPTForCausalLM", {"ffn_dim": 128, "word_embed_proj_dim": 64}),
+}
+RECIPES = ("int4-w4a16-rtn", "int4-w4a16", "mxfp4-w4a4")
+
+
+def build(family: str, folder: Path) -> int:
+    """Save the family's tiny seeded model (and the byte tokenizer) in `folder`; returns its linear count."""
+    import torch
+    import transformers
+    from transformers.pytorch_utils import Conv1D
+
+    from qpasses.models.tiny import build_byte_tokenizer
+
+    cfg_name, model_name, extra = FAMILIES[family]
+    cfg = getattr(transformers, cfg_name)(**SHAPE, bos_token_id=1, eos_token_id=2, pad_token_id=2, **extra)
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(cfg).eval()
+    linears = sum(isinstance(m, (torch.nn.Linear, Conv1D)) for m in model.modules())
+    if not (folder / "config.json").exists():
+        model.save_pretrained(str(folder))
+        build_byte_tokenizer().save_pretrained(str(folder))
+    return linears
+
+
+def compile_one(folder: Path, recipe: str, out: Path, linears: int) -> str:
+    cmd = [sys.executable, "-m", "qpasses.cli.main", "run", "--model", str(folder), "--recipe", recipe,
+           "--out", str(out), "--force", "--eval-windows", "2", "--calib-windows", "4", "--threads", "1",
+           "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
+        return f"exit {done.returncode}: {lines[-1].strip() if lines else '(no output)'}"
+    report = json.loads((out / "report.json").read_text())
+    lowered = sum(p["rewrites"].get(k, 0) for p in report["passes"] if p["name"] == "lower_linears"
+                  for k in p["rewrites"] if not k.startswith(("gather", "expand")))
+    ignored = 1 if recipe.endswith("-rtn") else 0  # the RTN baselines keep the lm_head in float
+    rel = abs(report["ppl_quant"] - report["ppl_stage_a"]) / report["ppl_stage_a"]
+    verdict = "ok" if lowered >= linears - ignored else f"fp32 linears: {lowered} of {linears - ignored} lowered"
+    return f"{verdict} (ORT vs stage A {rel:.1e})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    ap.add_argument("--table", type=Path, default=ROOT / "docs" / "families.md")
+    args = ap.parse_args()
+    rows = []
+    for family in args.families:
+        folder = RUNS / family / "model"
+        try:
+            linears = build(family, folder)
+        except Exception as e:  # a config this transformers cannot build is a row, not a stop
+            rows.append((family, [f"cannot build: {type(e).__name__}: {e}"] * len(args.recipes)))
+            continue
+        cells = []
+        for recipe in args.recipes:
+            t = time.perf_counter()
+            cells.append(compile_one(folder, recipe, RUNS / family / recipe, linears))
+            print(f"{family} {recipe}: {cells[-1]} ({time.perf_counter() - t:.0f} s)", flush=True)
+        rows.append((family, cells))
+    md = ["# Decoder families", "",
+          "Made by `bench/families.py` (its docstring says how): a tiny seeded model of each family through "
+          "each recipe, `qpasses run --eval-windows 2 --calib-windows 4 --threads 1`. \"ok\": every linear "
+          "lowered; \"fp32 linears\": the run succeeded but left linears in float; otherwise the error's last "
+          "line.", "",
+          "| family | " + " | ".join(args.recipes) + " |", "|---|" + "---|" * len(args.recipes)]
+    md += [f"| {family} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for family, cells in rows]
+    args.table.write_text("\n".join(md) + "\n")
+    print(f"saved {args.table}")
+
+
+if __name__ == "__main__":
+    main()
