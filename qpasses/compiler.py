@@ -254,5 +254,6 @@ def save(final, folder: Path, loaded, recipe, metadata: dict[str, str]) -> None:
     models = OnnxModels(logits=final.models["logits"], decoder=final.models.get("decoder"))
     write_deployment(models, folder, loaded.tokenizer, metadata)
     domains = {d for m in final.models.values() for d in m.opset_imports}
+    files = {p.name for p in folder.iterdir()} | {"report.md", "report.json", "manifest.json"}  # those come last
     (folder / "README.md").write_text(folder_readme(loaded.name, recipe, metadata["qpasses.version"],
-                                                    json.loads(metadata["qpasses.ort"]), domains))
+                                                    json.loads(metadata["qpasses.ort"]), domains, files=files))

@@ -84,3 +84,72 @@ def tied_embedding_model(vocab: int, hidden: int, seed: int = 0) -> tuple[ir.Mod
         [numpy_helper.from_array(w, "embed.weight")])
     proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
     return ir.from_proto(proto), w
+
+
+# initializer names of `foreign_lm`'s linears, as the legacy torch.onnx.export names a weight it transposed
+FOREIGN_LINEARS = ("onnx::MatMul_101", "onnx::MatMul_102", "onnx::MatMul_103", "onnx::MatMul_104",
+                   "onnx::MatMul_105", "onnx::MatMul_106")
+FOREIGN_LM_HEAD = "val_451"  # a dynamo export's anonymous name for the lm_head weight
+
+
+def foreign_lm(vocab: int = 320, hidden: int = 128, ffn: int = 256, seed: int = 0,
+               logits_name: str = "logits") -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A one-layer causal LM as other exporters write it: input_ids, attention_mask -> logits.
+
+    Embedding Gather, q/k/v/o and up/down MatMuls on [K, N] initializers with exporter names
+    (`FOREIGN_LINEARS`), a causal mask from an unnamed `Constant` holding -inf, a padding mask
+    scaled by an unnamed `Constant` holding -3.4e38 (finfo.min, as Hugging Face writes it), a
+    no-op clamp by an initializer holding -inf, and the lm_head MatMul on an anonymous initializer
+    (`FOREIGN_LM_HEAD`) whose output reaches `logits_name` through an Identity. Returns the model
+    and {initializer name: array}."""
+    rng = np.random.default_rng(seed)
+    shapes = dict(zip(FOREIGN_LINEARS, [(hidden, hidden)] * 4 + [(hidden, ffn), (ffn, hidden)], strict=True))
+    shapes |= {FOREIGN_LM_HEAD: (hidden, vocab), "model.embed_tokens.weight": (vocab, hidden)}
+    weights = {n: (rng.standard_normal(s) * 0.1).astype(np.float32) for n, s in shapes.items()}
+    weights["attn.neg_inf"] = np.array([-np.inf], np.float32)
+    q, k, v, o, up, down = FOREIGN_LINEARS
+
+    def const(out, value):  # a Constant node without a name, as the legacy exporter writes them
+        return helper.make_node("Constant", [], [out], value=numpy_helper.from_array(np.array(value, np.float32)))
+
+    nodes = [
+        helper.make_node("Gather", ["model.embed_tokens.weight", "input_ids"], ["h0"], axis=0),
+        helper.make_node("MatMul", ["h0", q], ["q"]), helper.make_node("MatMul", ["h0", k], ["k"]),
+        helper.make_node("MatMul", ["h0", v], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+        const("scale", [1 / np.sqrt(hidden)]),
+        helper.make_node("Mul", ["qk", "scale"], ["s0"]),
+        # causal mask: Where(tril(ones[s, s]), 0, -inf)
+        helper.make_node("Shape", ["s0"], ["ss"], start=1, end=3),
+        helper.make_node("ConstantOfShape", ["ss"], ["ones"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("Trilu", ["ones"], ["tril"], upper=0),
+        helper.make_node("Cast", ["tril"], ["keep"], to=TensorProto.BOOL),
+        const("zero", [0.0]), const("minus_inf", [-np.inf]),
+        helper.make_node("Where", ["keep", "zero", "minus_inf"], ["causal"]),
+        helper.make_node("Add", ["s0", "causal"], ["s1"]),
+        # padding mask: (1 - attention_mask) * finfo.min, broadcast over the query axis
+        helper.make_node("Cast", ["attention_mask"], ["am"], to=TensorProto.FLOAT),
+        const("one", [1.0]), helper.make_node("Sub", ["one", "am"], ["inv"]),
+        const("finfo_min", [-3.4e38]), helper.make_node("Mul", ["inv", "finfo_min"], ["pad0"]),
+        helper.make_node("Unsqueeze", ["pad0", "axis1"], ["pad"]),
+        helper.make_node("Add", ["s1", "pad"], ["s2"]),
+        helper.make_node("Max", ["s2", "attn.neg_inf"], ["s3"]),
+        helper.make_node("Softmax", ["s3"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["a"]), helper.make_node("MatMul", ["a", o], ["ao"]),
+        helper.make_node("Add", ["h0", "ao"], ["h1"]),
+        helper.make_node("MatMul", ["h1", up], ["u"]), helper.make_node("Relu", ["u"], ["r"]),
+        helper.make_node("MatMul", ["r", down], ["d"]), helper.make_node("Add", ["h1", "d"], ["h2"]),
+        helper.make_node("MatMul", ["h2", FOREIGN_LM_HEAD], ["lm"]),
+        helper.make_node("Identity", ["lm"], [logits_name]),
+    ]
+    inits = [numpy_helper.from_array(w, n) for n, w in weights.items()]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
+    graph = helper.make_graph(
+        nodes, "foreign_lm",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info(logits_name, TensorProto.FLOAT, ["batch", "seq", vocab])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(proto)
+    return onnx.shape_inference.infer_shapes(proto), weights

@@ -146,6 +146,9 @@ def generate_text(folder: Path, prompt: str, max_tokens: int = 128, chat: bool =
 
     folder = Path(folder)
     if not (folder / DECODER_FILE).is_file():
+        if _compiled_from_onnx(folder):
+            raise InputError(f"{folder} has no KV-cache graph ({DECODER_FILE}): it was compiled from an ONNX file "
+                             f"without one; to generate, compile the Hugging Face model or GGUF instead")
         raise InputError(f"{folder} has no {DECODER_FILE}: generate needs a folder written by `qpasses run`")
     chat_ = Chat(folder)
     ids = chat_.prompt_ids(prompt, chat)
@@ -168,3 +171,11 @@ def generate_text(folder: Path, prompt: str, max_tokens: int = 128, chat: bool =
     return {"text": text, "prompt_tokens": len(ids), "new_tokens": len(tokens),
             "prefill_tps": len(ids) / max(t_first - t0, 1e-9) if t_first else 0.0,
             "decode_tps": (len(tokens) - 1) / max(t1 - t_first, 1e-9) if len(tokens) > 1 else 0.0}
+
+
+def _compiled_from_onnx(folder: Path) -> bool:
+    """True when the folder's manifest.json says `qpasses run` compiled it from an ONNX file."""
+    try:
+        return json.loads((folder / "manifest.json").read_text())["model"]["kind"] == "onnx"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False

@@ -9,12 +9,19 @@ import json
 from qpasses.domain import DOMAIN
 from qpasses.runtime import LIBRARY_NAME
 
+NO_DECODER = ("This folder has no KV-cache step graph (decoder_model.onnx): it was compiled from an ONNX file "
+              "without one, so `qpasses generate` cannot run it. To generate, compile the Hugging Face model or "
+              "its GGUF instead.")
 
-def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]) -> str:
+
+def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str],
+                  files: set[str] | None = None) -> str:
     """`recipe`: the Recipe run; `ort`: the session settings of the graphs' `qpasses.ort` metadata;
-    `domains`: the operator domains the graphs import."""
+    `domains`: the operator domains the graphs import; `files`: the names the finished folder holds,
+    which are all the table lists (None: every file of a model input's layout)."""
     config = ort.get("config") or {}
     custom = DOMAIN in domains
+    decoder = files is None or "decoder_model.onnx" in files
     lines = [
         f"# {model}, recipe `{recipe.name}`",
         "",
@@ -34,6 +41,10 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
         "## Run it",
         "",
     ]
+    if files is not None:
+        lines = [row for line in lines for row in [_listed(line, files, decoder)] if row is not None]
+    if not decoder:
+        lines += [NO_DECODER, ""]
     if custom:
         lines += [
             f"The graphs use the `{DOMAIN}` custom ops (MatMulMXFP4 / MatMulInt4); onnxruntime needs the",
@@ -44,14 +55,14 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
     lines += [
         "",
         "```bash",
-        "qpasses generate . --prompt \"What is the capital of France?\"   # chat, greedy, streamed",
+        *(["qpasses generate . --prompt \"What is the capital of France?\"   # chat, greedy, streamed"] * decoder),
         "qpasses eval model.onnx --windows 20                             # perplexity",
         "```",
         "",
         "```python",
         "import qpasses.runtime",
-        "sess = qpasses.runtime.session(\"decoder_model.onnx\")  # an onnxruntime.InferenceSession" + (
-            ", our ops registered" if custom else ""),
+        f"sess = qpasses.runtime.session(\"{'decoder_model' if decoder else 'model'}.onnx\")  "
+        "# an onnxruntime.InferenceSession" + (", our ops registered" if custom else ""),
         "```",
         "",
         "Plain onnxruntime (Python):",
@@ -77,3 +88,17 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
     lines += ["Session settings the compiler chose (also in the graphs' `qpasses.ort` metadata):",
               f"`{json.dumps(ort) if ort else 'none'}`.", ""]
     return "\n".join(lines)
+
+
+def _listed(line: str, files: set[str], decoder: bool) -> str | None:
+    """A row of the file table with only the files the folder holds (None: it holds none of them);
+    any other line unchanged. Without a decoder graph the data file holds one graph's weights."""
+    if not line.startswith("| ") or line.startswith("| file |"):
+        return line
+    first, rest = line[2:].split(" | ", 1)
+    names = [n for n in first.split(", ") if n in files]
+    if not names:
+        return None
+    if not decoder and names == ["model.onnx.data"]:
+        rest = "the weights of model.onnx (external data; keep it next to it) |"
+    return f"| {', '.join(names)} | {rest}"

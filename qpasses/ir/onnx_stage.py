@@ -4,6 +4,13 @@ share weight names, seen as linear sites.
 A linear site is found by pattern, never by module name: `MatMul(x, Transpose(W))` (our export,
 W[N, K] named like the torch parameter), `MatMul(x, W)` (other exporters, W[K, N] constant) or
 `Gemm(x, W, transB)`. The same weight name in both graphs is one site.
+
+The lm_head is found the same way: the linear whose output is the graph's logits, directly or
+through shape-only ops (Reshape, Identity, Cast, ...), gets the role "lm_head", which ignore
+patterns and overrides match as well as its names (`TensorSite.matches`). The logits are the
+output named `logits`, else the graph's only floating-point output when the linear's N is the row
+count of an embedding table (the vocabulary). Site names never change: in our own export the
+lm_head is already called `lm_head`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from qpasses.ir import onnx_ops  # noqa: F401  (registers the QuantizeActivation
 from qpasses.ir.sites import ROTATION_PREFIX, LinearSite, TensorSite
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+LM_HEAD = "lm_head"
+LOGITS = "logits"
+SHAPE_ONLY = frozenset({"Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten"})
+FLOAT_DTYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
 
 def const_2d(v: ir.Value | None) -> ir.Value | None:
@@ -61,6 +72,36 @@ def find_uses(graph: ir.Graph) -> list[Use]:
     return uses
 
 
+def logits_outputs(graph: ir.Graph) -> tuple[list[ir.Value], set[int] | None]:
+    """(outputs, vocab): the output named `logits` (any N will do: vocab None), else the only
+    floating-point output with the row counts of the graph's embedding tables (constant 2-D Gathers
+    along axis 0), one of which a linear's N must be."""
+    named = [v for v in graph.outputs if v.name == LOGITS]
+    if named:
+        return named, None
+    floats = [v for v in graph.outputs if v.dtype in FLOAT_DTYPES]
+    if len(floats) != 1:
+        return [], set()
+    vocab = {w.const_value.shape[0] for node in graph
+             if node.op_type == "Gather" and node.domain == "" and node.attributes.get_int("axis", 0) == 0
+             for w in [const_2d(node.inputs[0])] if w is not None}
+    return floats, vocab
+
+
+def makes_logits(use: Use, outputs: list[ir.Value], vocab: set[int] | None) -> bool:
+    """True when the use's matmul output is one of `outputs`, through shape-only ops at most."""
+    if vocab is not None and use.w.const_value.shape[0 if use.layout == "nk" else 1] not in vocab:
+        return False
+    frontier = [use.node.outputs[0]]
+    while frontier:
+        v = frontier.pop()
+        if any(v is t for t in outputs):
+            return True
+        frontier += [user.outputs[0] for user, _ in v.uses()
+                     if user.op_type in SHAPE_ONLY and user.domain == "" and user.outputs]
+    return False
+
+
 def scope_name(node: ir.Node, prefix: str) -> str | None:
     """Module path from the torch exporter's name-scope metadata, without the wrapper prefix."""
     raw = node.metadata_props.get(SCOPES_KEY)
@@ -74,8 +115,8 @@ def scope_name(node: ir.Node, prefix: str) -> str | None:
 
 
 class OnnxSite(LinearSite):
-    def __init__(self, weight_name: str, uses: list[Use], name: str):
-        self.weight_name, self.uses, self.name = weight_name, uses, name
+    def __init__(self, weight_name: str, uses: list[Use], name: str, role: str | None = None):
+        self.weight_name, self.uses, self.name, self.role = weight_name, uses, name, role
 
     def weight(self) -> np.ndarray:
         u = self.uses[0]
@@ -135,7 +176,9 @@ class OnnxStage:
 
     def sites(self) -> list[OnnxSite]:
         by_weight: dict[str, list[Use]] = {}
+        logits: dict[int, tuple[list[ir.Value], set[int] | None]] = {}
         for model in self.models.values():
+            logits[id(model.graph)] = logits_outputs(model.graph)
             for use in find_uses(model.graph):
                 by_weight.setdefault(use.w.name, []).append(use)
         sites = []
@@ -143,7 +186,8 @@ class OnnxStage:
             if wname.startswith(ROTATION_PREFIX):
                 continue
             name = scope_name(uses[0].node, self.scope_prefix) or wname.removesuffix(".weight")
-            sites.append(OnnxSite(wname, uses, name))
+            head = any(makes_logits(u, *logits[id(u.graph)]) for u in uses)
+            sites.append(OnnxSite(wname, uses, name, LM_HEAD if head else None))
         return sites
 
     def embedding_sites(self) -> list[OnnxTable]:

@@ -4,7 +4,9 @@ A site computes y = x · Wᵀ (+ b) with W[N, K] in torch convention, whatever t
 stores (a torch parameter, an ONNX initializer in [K, N] or [N, K] behind a Transpose, a Gemm).
 `name` is the module path ("model.layers.0.self_attn.q_proj") used by ignore patterns and
 overrides; `weight_name` is the parameter name ("...q_proj.weight"), the key that survives
-export and joins stage A to stage B.
+export and joins stage A to stage B. `role` is what the site is found to be by structure, whatever
+its names ("lm_head": the linear that produces the logits), and patterns match it too: an
+exporter that names the lm_head weight `val_451` cannot hide it from `ignore = ["lm_head"]`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class TensorSite(ABC):
 
     name: str
     weight_name: str
+    role: str | None = None
 
     @abstractmethod
     def weight(self) -> np.ndarray:
@@ -41,8 +44,9 @@ class TensorSite(ABC):
         return tuple(self.weight().shape)
 
     def matches(self, patterns: Iterable[str]) -> bool:
-        """True when the site's name or weight name matches a glob (`*.v_proj`, `lm_head`)."""
-        return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (self.name, self.weight_name))
+        """True when the site's name, weight name or role matches a glob (`*.v_proj`, `lm_head`)."""
+        names = (self.name, self.weight_name) if self.role is None else (self.name, self.weight_name, self.role)
+        return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
 
     def describe(self) -> str:
         n, k = self.shape

@@ -2,8 +2,12 @@
 
 Checked before anything else reads it: the protobuf parses and passes the ONNX checker, every
 external-data location is a relative path that stays inside the model's folder, names a file that
-exists and covers the tensor's bytes, and no floating-point weight holds a NaN or an Inf. The
-tokenizer comes from the `tokenizer` folder or from the folder of the .onnx file.
+exists and covers the tensor's bytes, and no linear weight holds a NaN or an Inf. Only linear
+weights are checked (the constant operand B of a MatMul or Gemm, directly or through a Transpose:
+what stage B's linear sites are): other constants may legitimately hold -inf or -3.4e38 (the
+attention masks of the legacy `torch.onnx.export` and of optimum), and an embedding table is
+checked by the pass that quantizes it. The tokenizer comes from the `tokenizer` folder or from the
+folder of the .onnx file.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 from qpasses.cache import sha256_file
 from qpasses.errors import InputError
 from qpasses.load.common import TOKENIZER_FILES, LoadedModel, combined_sha256, first_line, load_tokenizer, versions
-from qpasses.runtime.ort import all_tensors, check_external_data
+from qpasses.runtime.ort import check_external_data
 
 FLOAT_TYPES = ("FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16")
 
@@ -55,15 +59,48 @@ def _parse(path: Path):
 
 
 def _check_finite(proto, path: Path) -> None:
-    """NaN/Inf check on every floating-point tensor, reading external data as it goes."""
-    from onnx import TensorProto, numpy_helper
+    """NaN/Inf check on every linear weight of the main graph, reading external data as it goes."""
+    from onnx import numpy_helper
 
-    float_types = {getattr(TensorProto, n) for n in FLOAT_TYPES}
-    for t in all_tensors(proto):
-        if t.data_type not in float_types:
-            continue
+    for where, t in linear_weights(proto.graph):
         values = numpy_helper.to_array(t, base_dir=str(path.parent)).astype(np.float32, copy=False)
         bad = int((~np.isfinite(values)).sum())
         if bad:
-            raise InputError(f"{path}: weight {t.name} holds {bad} NaN/Inf value(s) of {values.size}; "
+            raise InputError(f"{path}: weight {where} holds {bad} NaN/Inf value(s) of {values.size}; "
                              f"the model is damaged or diverged, use another one")
+
+
+def linear_weights(graph) -> list[tuple[str, object]]:
+    """(what to call it, TensorProto) of each floating-point 2-D constant that a MatMul or Gemm reads
+    as its weight B, directly or through a Transpose: an initializer, or a `Constant` node's value
+    (named by the node and its output, since such a tensor usually has no name of its own)."""
+    from onnx import TensorProto
+
+    float_types = {getattr(TensorProto, n) for n in FLOAT_TYPES}
+    consts: dict[str, tuple[str, object]] = {t.name: (t.name, t) for t in graph.initializer}
+    transposed: dict[str, str] = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Constant" and node.output:
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            if attr is not None and attr.HasField("t"):
+                out = node.output[0]
+                where = f"Constant node {node.name!r} (output {out!r})" if node.name else \
+                    f"{out!r} (the output of a Constant node without a name)"
+                consts[out] = (where, attr.t)
+        elif node.op_type == "Transpose" and node.input and node.output:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+            if perm == [1, 0]:
+                transposed[node.output[0]] = node.input[0]
+    found: dict[str, tuple[str, object]] = {}
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        b = node.input[1]
+        b = transposed.get(b, b) if node.op_type == "MatMul" and b not in consts else b
+        if b in consts and b not in found:
+            where, t = consts[b]
+            if t.data_type in float_types and len(t.dims) == 2:
+                found[b] = (where, t)
+    return list(found.values())

@@ -60,3 +60,26 @@ def test_dump_lists_ops_and_sites():
     model, _ = linear_model(32, 16, layouts=("nk",))
     text = OnnxStage({"logits": model}).dump()
     assert "MatMul" in text and "layer0.nk [16x32]" in text
+
+
+@pytest.mark.parametrize("output", ["logits", "out"])
+def test_the_linear_that_makes_the_logits_has_the_role_lm_head(output):
+    """An exporter's anonymous lm_head weight (val_451) is matched by `lm_head` through its role,
+    whether the output is named `logits` or is the only float output of vocabulary width; its name
+    stays the weight's."""
+    import onnx_ir as ir
+    from onnx_builders import FOREIGN_LINEARS, FOREIGN_LM_HEAD, foreign_lm
+
+    proto, _ = foreign_lm(logits_name=output)
+    sites = {s.weight_name: s for s in OnnxStage({"logits": ir.from_proto(proto)}).sites()}
+    assert set(sites) == {*FOREIGN_LINEARS, FOREIGN_LM_HEAD}
+    head = sites[FOREIGN_LM_HEAD]
+    assert (head.name, head.role) == (FOREIGN_LM_HEAD, "lm_head")
+    assert head.matches(["lm_head"]) and not head.matches(["model.*"])
+    assert not any(sites[n].role or sites[n].matches(["lm_head"]) for n in FOREIGN_LINEARS)
+
+
+def test_no_role_without_logits():
+    """An output that is not `logits` and not of an embedding table's width is no lm_head."""
+    model, _ = linear_model(32, 16, layouts=("kn",))
+    assert [s.role for s in OnnxStage({"logits": model}).sites()] == [None]

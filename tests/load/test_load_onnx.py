@@ -107,3 +107,50 @@ def test_non_finite_onnx_weight_is_named(tmp_path, make_onnx, external):
     path = make_onnx(tmp_path / "m", weight=w, external=external)
     with pytest.raises(InputError, match="weight W holds 1 NaN/Inf"):
         load_model(str(path))
+
+
+def test_minus_inf_outside_linear_weights_is_accepted(tmp_path):
+    """Attention masks of the legacy torch.onnx.export and optimum hold -inf and finfo.min, in
+    Constant nodes and initializers: only linear weights are checked."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qpasses.models.tiny import build_byte_tokenizer
+
+    mask = np.array([[0.0, -np.inf], [-3.4e38, np.inf]], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["m"], value=numpy_helper.from_array(mask)),
+         helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "m"], ["y0"]),
+         helper.make_node("Add", ["y0", "bias_mask"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+        initializer=[numpy_helper.from_array(np.eye(2, dtype=np.float32), "W"),
+                     numpy_helper.from_array(mask, "bias_mask")])
+    (tmp_path / "m").mkdir()
+    path = tmp_path / "m" / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    build_byte_tokenizer().save_pretrained(str(path.parent))
+    assert load_model(str(path)).kind == "onnx"
+
+
+@pytest.mark.parametrize("node_name, named", [("", r"'w' \(the output of a Constant node without a name\)"),
+                                              ("/lm/Constant_7", r"Constant node '/lm/Constant_7' \(output 'w'\)")])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_non_finite_constant_node_weight_is_named_by_node_and_output(tmp_path, node_name, named, transposed):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qpasses.models.tiny import build_byte_tokenizer
+
+    w = np.ones((2, 2), np.float32)
+    w[0, 1] = np.inf
+    nodes = [helper.make_node("Constant", [], ["w"], name=node_name, value=numpy_helper.from_array(w))]
+    if transposed:
+        nodes.append(helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]))
+    nodes.append(helper.make_node("MatMul", ["x", "wt" if transposed else "w"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    (tmp_path / "m").mkdir()
+    path = tmp_path / "m" / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    build_byte_tokenizer().save_pretrained(str(path.parent))
+    with pytest.raises(InputError, match=f"weight {named} holds 1 NaN/Inf"):
+        load_model(str(path))
