@@ -10,9 +10,11 @@ from qpasses.domain import DOMAIN
 from qpasses.runtime import LIBRARY_NAME
 
 
-def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]) -> str:
+def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str],
+                  max_context: dict | None = None) -> str:
     """`recipe`: the Recipe run; `ort`: the session settings of the graphs' `qpasses.ort` metadata;
-    `domains`: the operator domains the graphs import."""
+    `domains`: the operator domains the graphs import; `max_context`: the manifest's record of the
+    decoder's rotary tables (fuse_attention; empty or None: no tables, no limit to state)."""
     config = ort.get("config") or {}
     custom = DOMAIN in domains
     lines = [
@@ -76,4 +78,24 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
                   "(`QPASSES_ISA=scalar|avx2|avx512` forces one).", ""]
     lines += ["Session settings the compiler chose (also in the graphs' `qpasses.ort` metadata):",
               f"`{json.dumps(ort) if ort else 'none'}`.", ""]
+    lines += _context(max_context or {})
     return "\n".join(lines)
+
+
+def _context(record: dict) -> list[str]:
+    """How many positions the decoder serves, and where the number comes from."""
+    rows = record.get("rotary_rows")
+    if not rows:
+        return []
+    model, setting, cap = record.get("model"), record.get("recipe"), record.get("cap")
+    if setting:
+        why = f"the recipe's fuse_attention.max_positions ({setting})"
+    elif model:
+        why = f"the model's max_position_embeddings ({model})"
+    else:
+        why = "qpasses' default: the input's max_position_embeddings is not known"
+    if cap == rows and cap != (setting or model):
+        why += f", capped by --max-context {cap}"
+    return ["## Context length", "",
+            f"decoder_model.onnx decodes up to {rows} positions (position_ids 0 to {rows - 1}, the rows of its "
+            f"rotary tables): {why}. onnxruntime refuses a position beyond them.", ""]
