@@ -78,11 +78,11 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
                   "(`QPASSES_ISA=scalar|avx2|avx512` forces one).", ""]
     lines += ["Session settings the compiler chose (also in the graphs' `qpasses.ort` metadata):",
               f"`{json.dumps(ort) if ort else 'none'}`.", ""]
-    lines += _context(max_context or {})
+    lines += context_lines(max_context or {})
     return "\n".join(lines)
 
 
-def _context(record: dict) -> list[str]:
+def context_lines(record: dict) -> list[str]:
     """How many positions the decoder serves, and where the number comes from."""
     rows = record.get("rotary_rows")
     if not rows:
