@@ -24,7 +24,7 @@ from qpasses.checkpoint import SCRATCH, Checkpoint, partial_dir
 from qpasses.errors import InputError
 from qpasses.export.deploy import check_destination, staged
 from qpasses.memory import release_free_memory
-from qpasses.passes.base import Context
+from qpasses.passes.base import Context, Positions
 from qpasses.passes.manager import PassManager
 from qpasses.passes.notes import Notes
 from qpasses.recipe import DEFAULT_RECIPE, load_recipe
@@ -48,6 +48,7 @@ class Options:
     progress: bool = True
     dump_dir: Path | None = None
     layer_error: bool = True  # per-site layer error after each stage-A pass (evaluate.layer_error)
+    max_context: int | None = None  # cap on the positions the decoder serves (its rotary tables' rows)
 
     def out_dir(self) -> Path:
         if self.out:
@@ -88,6 +89,9 @@ def _run(opts: Options, log, prof) -> dict:
     passes = recipe.instantiate()
     out = opts.out_dir()
     check_destination(out, opts.force)
+    if opts.max_context is not None and (isinstance(opts.max_context, bool) or not isinstance(opts.max_context, int)
+                                         or opts.max_context < 1):
+        raise InputError(f"--max-context must be a positive number of positions, got {opts.max_context!r}")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
@@ -105,6 +109,7 @@ def _run(opts: Options, log, prof) -> dict:
                                   opts.threads, opts.progress)
     checkpoint = Checkpoint(partial_dir(out), resume_key(opts, recipe, loaded), log)
     ctx = Context(ignore=recipe.ignore, overrides=recipe.overrides, seed=opts.seed, checkpoint=checkpoint,
+                  positions=positions(loaded, opts.max_context),
                   calibration=CalibrationSource(loaded.tokenizer, opts.calib_windows, opts.seed,
                                                 progress=opts.progress))
     ppl = {"fp": None, "stage_a": None, "quant": None}
@@ -160,7 +165,7 @@ def _run(opts: Options, log, prof) -> dict:
     metadata = provenance(recipe, results, loaded, ctx)
     with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
         with stage("write"):
-            save(final, folder, loaded, recipe, metadata)
+            save(final, folder, loaded, recipe, metadata, ctx.notes.max_context)
         probe_seconds = probe.seconds if probe else 0.0
         quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"] - probe_seconds
         rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata, ctx.notes))
@@ -184,6 +189,16 @@ def resume_key(opts: Options, recipe, loaded) -> dict:
     return {"model": str(loaded.source.get("sha256") or loaded.name), "recipe": recipe.sha256, "sets": list(opts.sets),
             "tokenizer": opts.tokenizer, "calib_windows": opts.calib_windows, "seed": opts.seed,
             "threads": torch.get_num_threads(), "qpasses": __version__, "torch": torch.__version__}
+
+
+def positions(loaded, cap: int | None) -> Positions:
+    """What the loaded model's config says about positions (an ONNX input has no config), with the cap."""
+    config = getattr(loaded.model, "config", None)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    # one dict, or one per layer type (Gemma 3: full / sliding attention)
+    kinds = [rope] if not all(isinstance(v, dict) for v in rope.values()) else list(rope.values())
+    types = tuple(sorted({k.get("rope_type", k.get("type", "default")) for k in kinds})) or ("default",)
+    return Positions(model=getattr(config, "max_position_embeddings", None), cap=cap, rope_types=types)
 
 
 def stage_a(model):
@@ -243,7 +258,7 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes) ->
     }
 
 
-def save(final, folder: Path, loaded, recipe, metadata: dict[str, str]) -> None:
+def save(final, folder: Path, loaded, recipe, metadata: dict[str, str], max_context: dict | None = None) -> None:
     from qpasses.export.deploy import write_deployment
     from qpasses.export.folder_readme import folder_readme
     from qpasses.export.onnx_export import OnnxModels
@@ -256,4 +271,5 @@ def save(final, folder: Path, loaded, recipe, metadata: dict[str, str]) -> None:
     domains = {d for m in final.models.values() for d in m.opset_imports}
     files = {p.name for p in folder.iterdir()} | {"report.md", "report.json", "manifest.json"}  # those come last
     (folder / "README.md").write_text(folder_readme(loaded.name, recipe, metadata["qpasses.version"],
-                                                    json.loads(metadata["qpasses.ort"]), domains, files=files))
+                                                    json.loads(metadata["qpasses.ort"]), domains, max_context,
+                                                    files=files))

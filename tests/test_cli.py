@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 
 from qpasses.cli.main import main
@@ -137,6 +138,19 @@ def test_onnx_input_runs_weight_only_rtn(tmp_path, text):
     assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g128": 14}
 
 
+def test_max_context_caps_the_rotary_tables_and_says_so(tmp_path):
+    out = tmp_path / "short"
+    assert run("--recipe", "int4-w4a16-rtn", "--no-eval", "--no-layer-error", "--max-context", 64, "--out", out) == 0
+    decoder = onnx.load(out / "decoder_model.onnx", load_external_data=False)
+    assert {t.name: list(t.dims) for t in decoder.graph.initializer if t.name.startswith("qpasses.rope.")} == {
+        "qpasses.rope.cos": [64, 16], "qpasses.rope.sin": [64, 16]}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["max_context"] == {"model": 2048, "recipe": None, "cap": 64, "rotary_rows": 64}
+    readme = (out / "README.md").read_text()
+    assert "decodes up to 64 positions" in readme
+    assert "max_position_embeddings (2048), capped by --max-context 64" in readme
+
+
 def error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("qpasses: error: "), err
@@ -156,6 +170,8 @@ def test_existing_output_is_refused_without_force(int4_run, capsys):
     (["--set", "quantize_weights.ignore=7"], "ignore must be a list"),
     (["--set", "quantize_weights.block_size=7"], "block_size 7"),
     (["--set", "quantize_weights.ignore_me=1"], "has no setting ignore_me"),
+    (["--max-context", "0"], "--max-context must be a positive number"),
+    (["--set", "fuse_attention.max_positions=0"], "max_positions must be a positive number"),
 ])
 def test_bad_input_is_one_clear_line_and_leaves_nothing(args, message, tmp_path, capsys):
     out = tmp_path / "out"

@@ -34,7 +34,7 @@ def _run(args) -> int:
                    no_eval=args.no_eval, stage_a_eval=not args.no_stage_a_eval, seed=args.seed, threads=args.threads,
                    sets=args.set or [],
                    force=args.force, progress=not args.no_progress, dump_dir=args.dump,
-                   layer_error=not args.no_layer_error)
+                   layer_error=not args.no_layer_error, max_context=args.max_context)
     run(opts)
     return 0
 
@@ -116,6 +116,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-layer-error", action="store_true",
                    help="skip the per-site layer error probe, which costs one held-out forward per stage-A pass")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--max-context", type=int, metavar="N",
+                   help="decode at most N positions: the rotary tables' rows (default: the model's "
+                        "max_position_embeddings)")
     r.set_defaults(func=_run)
     e = sub.add_parser("eval", help="perplexity of an exported ONNX model", description=eval_cmd.DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,10 +15,12 @@ NO_DECODER = ("This folder has no KV-cache step graph (decoder_model.onnx): it w
 
 
 def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str],
-                  files: set[str] | None = None) -> str:
+                  max_context: dict | None = None, files: set[str] | None = None) -> str:
     """`recipe`: the Recipe run; `ort`: the session settings of the graphs' `qpasses.ort` metadata;
-    `domains`: the operator domains the graphs import; `files`: the names the finished folder holds,
-    which are all the table lists (None: every file of a model input's layout)."""
+    `domains`: the operator domains the graphs import; `max_context`: the manifest's record of the
+    decoder's rotary tables (fuse_attention; empty or None: no tables, no limit to state); `files`:
+    the names the finished folder holds, which are all the table lists (None: every file of a model
+    input's layout)."""
     config = ort.get("config") or {}
     custom = DOMAIN in domains
     decoder = files is None or "decoder_model.onnx" in files
@@ -87,6 +89,7 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
                   "(`QPASSES_ISA=scalar|avx2|avx512` forces one).", ""]
     lines += ["Session settings the compiler chose (also in the graphs' `qpasses.ort` metadata):",
               f"`{json.dumps(ort) if ort else 'none'}`.", ""]
+    lines += context_lines(max_context or {})
     return "\n".join(lines)
 
 
@@ -102,3 +105,22 @@ def _listed(line: str, files: set[str], decoder: bool) -> str | None:
     if not decoder and names == ["model.onnx.data"]:
         rest = "the weights of model.onnx (external data; keep it next to it) |"
     return f"| {', '.join(names)} | {rest}"
+
+
+def context_lines(record: dict) -> list[str]:
+    """How many positions the decoder serves, and where the number comes from."""
+    rows = record.get("rotary_rows")
+    if not rows:
+        return []
+    model, setting, cap = record.get("model"), record.get("recipe"), record.get("cap")
+    if setting:
+        why = f"the recipe's fuse_attention.max_positions ({setting})"
+    elif model:
+        why = f"the model's max_position_embeddings ({model})"
+    else:
+        why = "qpasses' default: the input's max_position_embeddings is not known"
+    if cap == rows and cap != (setting or model):
+        why += f", capped by --max-context {cap}"
+    return ["## Context length", "",
+            f"decoder_model.onnx decodes up to {rows} positions (position_ids 0 to {rows - 1}, the rows of its "
+            f"rotary tables): {why}. onnxruntime refuses a position beyond them.", ""]

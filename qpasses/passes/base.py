@@ -31,6 +31,22 @@ class PassResult:
         return sum(self.rewrites.values())
 
 
+@dataclass(frozen=True)
+class Positions:
+    """The positions the deployed decoder must serve, from the model's config (read by the compiler
+    before capture; the graphs do not carry them).
+
+    model: the config's max_position_embeddings (None: not known, e.g. an ONNX input)
+    cap: `--max-context N`, an upper bound on the rotary tables' rows (None: no cap)
+    rope_types: the config's rotary kinds (rope_parameters / rope_scaling "rope_type": "default",
+                "linear", "llama3", "yarn", "dynamic", "longrope", ...; one per layer type when they differ)
+    """
+
+    model: int | None = None
+    cap: int | None = None
+    rope_types: tuple[str, ...] = ("default",)
+
+
 @dataclass
 class Context:
     """What passes share besides the graph: the per-weight quantization plan written in stage A
@@ -42,6 +58,8 @@ class Context:
     act_formats: weight parameter name -> formats.ActFormat of that linear's input
     checkpoint: a qpasses.checkpoint.Checkpoint where layer-sequential passes keep finished groups
                (None: no resuming); step: the running pass's index in the recipe (its folder there)
+    positions: what the model's config says about positions, and the --max-context cap (Positions;
+               fuse_attention sizes its rotary tables from it)
     """
 
     ignore: tuple[str, ...] = ()
@@ -53,6 +71,7 @@ class Context:
     notes: Notes = field(default_factory=Notes)
     checkpoint: Any = None
     step: int = 0
+    positions: Positions = field(default_factory=Positions)
 
 
 @dataclass(frozen=True)

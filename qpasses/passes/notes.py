@@ -25,6 +25,10 @@ class Notes:
     ort: dict[str, dict] = field(default_factory=dict)
     # fuse_attention / fuse_rotations: pass name -> why the first sites left unfused stayed so
     misses: dict[str, list[str]] = field(default_factory=dict)
+    # fuse_attention: the positions the decoder serves, {"model": max_position_embeddings (None: not
+    # known), "recipe": fuse_attention.max_positions (None: not set), "cap": --max-context (None),
+    # "rotary_rows": the rows of its rotary tables}; empty when no table was built
+    max_context: dict[str, int | None] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return dataclasses.asdict(self)

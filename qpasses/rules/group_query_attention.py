@@ -82,12 +82,23 @@ def _rope(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
 
 
 def _inv_freq(cos: ir.Value) -> np.ndarray:
-    """cos = Cos(Concat(f, f)), f = Mul(positions, inv_freq) -> inv_freq [D/2]."""
+    """cos = Cos(Concat(f, f)), f = Mul(positions, inv_freq) -> inv_freq [D/2].
+
+    What one table cannot hold fails with its reason: cos/sin scaled after the Cos (the attention
+    factor of rope_scaling "yarn" / "longrope"), frequencies computed from the positions ("longrope"'s
+    short / long switch, "dynamic")."""
+    node = cos.producer()
+    if node is not None and node.op_type == "Mul" and node.domain == "":
+        factors = [constant(v) for v in node.inputs if constant(v) is not None]
+        if factors and factors[0].size == 1:
+            raise NoMatch(f"the rotary cos/sin are scaled by {float(factors[0].reshape(())):.6g} (a rope_scaling "
+                          "attention factor, e.g. YaRN's), which the RotaryEmbedding tables do not hold")
     cat = producer(producer(cos, "Cos").inputs[0], "Concat")
     mul = producer(cat.inputs[0], "Mul")
     consts = [v for v in mul.inputs if constant(v) is not None]
     if len(consts) != 1:
-        raise NoMatch("the rotary frequencies are not one constant")
+        raise NoMatch("the rotary frequencies are not one constant (they change with the position, e.g. "
+                      "rope_scaling longrope or dynamic): one cos/sin table cannot represent them")
     return _const(consts[0]).reshape(-1).astype(np.float32)
 
 
@@ -149,8 +160,9 @@ def _shared(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
 
 
 class Tables:
-    """What every fused site of one graph reads: the rotary cos/sin tables of `max_positions` rows,
-    position_ids, and the sequence lengths; built once, at the first rewrite."""
+    """What every fused site of one graph reads: the rotary cos/sin tables of `max_positions` rows
+    (RotaryEmbedding refuses a position_ids value from max_positions on), position_ids, and the
+    sequence lengths; built once, at the first rewrite."""
 
     def __init__(self, graph: ir.Graph, max_positions: int):
         self.graph, self.max_positions = graph, max_positions
