@@ -8,7 +8,8 @@ the family has them, vocabulary 512 with the byte tokenizer of qpasses.models.ti
 bench/results/families/<family>/model and compiled with `qpasses run --eval-windows 2` in a child
 process. A cell is "ok" when the run succeeds and quantizes every linear of the model (ORT perplexity
 against stage A in brackets), "fp32 linears" when it succeeds but lowers fewer linear sites than the
-model has, else the error's last line. Writes docs/families.md.
+model has, else the error's last line. Each cell is kept in bench/results/families/<family>/<recipe>.txt;
+docs/families.md is rebuilt from every kept cell, so a run of a few families updates their rows only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
              num_key_value_heads=2, max_position_embeddings=2048, vocab_size=512)
 # family -> (config class, model class, config fields beyond SHAPE); names as transformers spells them
 FAMILIES = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True}),  # tied, as SmolLM2
     "llama-untied": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": False}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
@@ -90,20 +91,26 @@ def main() -> None:
         try:
             linears = build(family, folder)
         except Exception as e:  # a config this transformers cannot build is a row, not a stop
-            rows.append((family, [f"cannot build: {type(e).__name__}: {e}"] * len(args.recipes)))
-            continue
-        cells = []
+            linears, failed = 0, f"cannot build: {type(e).__name__}: {e}"
+        else:
+            failed = None
         for recipe in args.recipes:
             t = time.perf_counter()
-            cells.append(compile_one(folder, recipe, RUNS / family / recipe, linears))
-            print(f"{family} {recipe}: {cells[-1]} ({time.perf_counter() - t:.0f} s)", flush=True)
-        rows.append((family, cells))
+            cell = failed or compile_one(folder, recipe, RUNS / family / recipe, linears)
+            (RUNS / family / f"{recipe}.txt").write_text(cell + "\n")
+            print(f"{family} {recipe}: {cell} ({time.perf_counter() - t:.0f} s)", flush=True)
+    recipes = [r for r in dict.fromkeys([*RECIPES, *args.recipes])
+               if any((RUNS / f / f"{r}.txt").exists() for f in FAMILIES)]
+    for family in FAMILIES:
+        kept = [RUNS / family / f"{r}.txt" for r in recipes]
+        if any(k.exists() for k in kept):
+            rows.append((family, [k.read_text().strip() if k.exists() else "not run" for k in kept]))
     md = ["# Decoder families", "",
           "Made by `bench/families.py` (its docstring says how): a tiny seeded model of each family through "
           "each recipe, `qpasses run --eval-windows 2 --calib-windows 4 --threads 1`. \"ok\": every linear "
           "lowered; \"fp32 linears\": the run succeeded but left linears in float; otherwise the error's last "
           "line.", "",
-          "| family | " + " | ".join(args.recipes) + " |", "|---|" + "---|" * len(args.recipes)]
+          "| family | " + " | ".join(recipes) + " |", "|---|" + "---|" * len(recipes)]
     md += [f"| {family} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for family, cells in rows]
     args.table.write_text("\n".join(md) + "\n")
     print(f"saved {args.table}")
