@@ -43,6 +43,10 @@ Pitfalls handled here (docs/evaluation.md#export):
 - torch.export bounds every dynamic dim by 2 while tracing, so the derived mask length
   past + seq gets a lower bound of 4; it is recomputed from the declared bounds (1), so a
   one-token prompt runs in `ep.module()` too.
+
+A model torch.export cannot trace is an InputError of one line: which program, the features of
+its config known to stop the capture (sliding-window attention, logit soft-capping), torch's
+first line, and where the supported families are listed.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import torch
 from torch.export import Dim, ExportedProgram
 from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
 
+from qpasses.errors import InputError
 from qpasses.offload import released_by_module
 
 OPSET = 21
@@ -201,7 +206,7 @@ def _capture_logits(model) -> ExportedProgram:
     ids = _example_ids(model, EXAMPLE["batch"], EXAMPLE["seq"])
     batch, seq = Dim("batch_size", min=1), _seq_dim(model)
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-    return torch.export.export(_Logits(model), (ids, torch.ones_like(ids)), dynamic_shapes=shapes, strict=False)
+    return _export(model, "logits", _Logits(model), (ids, torch.ones_like(ids)), shapes)
 
 
 def _capture_decoder(model) -> tuple[ExportedProgram, int]:
@@ -219,11 +224,34 @@ def _capture_decoder(model) -> tuple[ExportedProgram, int]:
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
-        ep = torch.export.export(_DecoderStep(model), args, dynamic_shapes=shapes, strict=False)
+        ep = _export(model, "KV-cache step", _DecoderStep(model), args, shapes)
     finally:
         model.set_attn_implementation(impl)
     _widen_derived_bounds(ep)
     return ep, len(past)
+
+
+def _export(model, what: str, module: torch.nn.Module, args: tuple, shapes: dict) -> ExportedProgram:
+    try:
+        return torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
+    except Exception as e:  # torch's tracing errors have no common base; each becomes one line
+        raise InputError(_cannot_capture(model.config, what, e)) from e
+
+
+def _cannot_capture(config, what: str, error: Exception) -> str:
+    features = []
+    if getattr(config, "sliding_window", None):
+        features.append(f"sliding-window attention (sliding_window = {config.sliding_window})")
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None):
+        features.append("logit soft-capping")
+    kind = getattr(config, "model_type", "this")
+    why = f"; its {' and '.join(features)} {'are' if len(features) > 1 else 'is'} not supported yet" if features else ""
+    if len(features) == 1 and getattr(config, "sliding_window", None):
+        why += (f" (when every context stays within {config.sliding_window} tokens, sliding_window = null in "
+                "config.json gives the same model)")
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return (f"torch.export cannot capture the {what} program of this {kind} model{why}; torch says: {first} "
+            "(docs/families.md lists the families that compile)")
 
 
 def capture(model, decoder: bool = True) -> Programs:
