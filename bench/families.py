@@ -3,8 +3,8 @@
     .venv/bin/python bench/families.py                         # every family x int4-w4a16-rtn, int4-w4a16, mxfp4-w4a4
     .venv/bin/python bench/families.py --families gpt2 opt --recipes int4-w4a16-rtn
 
-Each family is a random model of its Hugging Face class (hidden 64, 2 layers, 4 heads, 2 KV heads where
-the family has them, vocabulary 512 with the byte tokenizer of qpasses.models.tiny), saved once under
+Each family is the tiny seeded model of qpasses.models.families (hidden 64, 2 layers, 4 heads, 2 KV
+heads where the family has them, vocabulary 512, byte tokenizer), saved once under
 bench/results/families/<family>/model and compiled with `qpasses run --eval-windows 2` in a child
 process. A cell is "ok" when the run succeeds and quantizes every linear of the model (ORT perplexity
 against stage A in brackets), "fp32 linears" when it succeeds but lowers fewer linear sites than the
@@ -21,45 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from qpasses.models.families import FAMILIES, save_family
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "bench" / "results" / "families"
-SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=2048, vocab_size=512)
-# family -> (config class, model class, config fields beyond SHAPE); names as transformers spells them
-FAMILIES = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True}),  # tied, as SmolLM2
-    "llama-untied": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": False}),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
-    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
-    "mistral-sliding": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 64}),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 2048}),
-    "falcon": ("FalconConfig", "FalconForCausalLM", {"new_decoder_architecture": False, "multi_query": True}),
-    "opt": ("OPTConfig", "OPTForCausalLM", {"ffn_dim": 128, "word_embed_proj_dim": 64}),
-}
 RECIPES = ("int4-w4a16-rtn", "int4-w4a16", "mxfp4-w4a4")
-
-
-def build(family: str, folder: Path) -> int:
-    """Save the family's tiny seeded model (and the byte tokenizer) in `folder`; returns its linear count."""
-    import torch
-    import transformers
-    from transformers.pytorch_utils import Conv1D
-
-    from qpasses.models.tiny import build_byte_tokenizer
-
-    cfg_name, model_name, extra = FAMILIES[family]
-    cfg = getattr(transformers, cfg_name)(**SHAPE, bos_token_id=1, eos_token_id=2, pad_token_id=2, **extra)
-    torch.manual_seed(0)
-    model = getattr(transformers, model_name)(cfg).eval()
-    linears = sum(isinstance(m, (torch.nn.Linear, Conv1D)) for m in model.modules())
-    if not (folder / "config.json").exists():
-        model.save_pretrained(str(folder))
-        build_byte_tokenizer().save_pretrained(str(folder))
-    return linears
 
 
 def compile_one(folder: Path, recipe: str, out: Path, linears: int) -> str:
@@ -89,7 +55,7 @@ def main() -> None:
     for family in args.families:
         folder = RUNS / family / "model"
         try:
-            linears = build(family, folder)
+            linears = save_family(family, folder)
         except Exception as e:  # a config this transformers cannot build is a row, not a stop
             linears, failed = 0, f"cannot build: {type(e).__name__}: {e}"
         else:
