@@ -138,7 +138,7 @@ def test_onnx_input_runs_weight_only_rtn(tmp_path, text):
     assert r["passes"][0]["rewrites"] == {"rtn.int4_sym_g128": 14}
 
 
-def test_max_context_caps_the_rotary_tables_and_says_so(tmp_path):
+def test_max_context_caps_the_rotary_tables_and_says_so(tmp_path, capsys):
     out = tmp_path / "short"
     assert run("--recipe", "int4-w4a16-rtn", "--no-eval", "--no-layer-error", "--max-context", 64, "--out", out) == 0
     decoder = onnx.load(out / "decoder_model.onnx", load_external_data=False)
@@ -149,6 +149,13 @@ def test_max_context_caps_the_rotary_tables_and_says_so(tmp_path):
     readme = (out / "README.md").read_text()
     assert "decodes up to 64 positions" in readme
     assert "max_position_embeddings (2048), capped by --max-context 64" in readme
+    # generate stops at the last position the tables serve, and refuses a prompt that does not fit
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "x" * 40, "--raw", "--max-tokens", "100", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "40 prompt tokens" in err and "24 new tokens" in err and "context limit, 64 positions" in err
+    assert main(["generate", str(out), "--prompt", "x" * 64, "--raw"]) == 2
+    assert "the prompt has 64 tokens" in error_line(capsys)
 
 
 def error_line(capsys):

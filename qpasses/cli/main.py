@@ -64,6 +64,8 @@ def _generate(args) -> int:
     show("\n")
     print(f"[{r['prompt_tokens']} prompt tokens at {r['prefill_tps']:.0f} tok/s, {r['new_tokens']} new tokens "
           f"at {r['decode_tps']:.1f} tok/s]", file=sys.stderr)
+    if r["context_full"]:
+        print(f"[stopped at the folder's context limit, {r['context_limit']} positions]", file=sys.stderr)
     return 0
 
 

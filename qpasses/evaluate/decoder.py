@@ -152,6 +152,12 @@ def generate_text(folder: Path, prompt: str, max_tokens: int = 128, chat: bool =
         raise InputError(f"{folder} has no {DECODER_FILE}: generate needs a folder written by `qpasses run`")
     chat_ = Chat(folder)
     ids = chat_.prompt_ids(prompt, chat)
+    limit = served_positions(folder)
+    if limit is not None and len(ids) >= limit:
+        raise InputError(f"the prompt has {len(ids)} tokens and {folder} serves {limit} positions; shorten the "
+                         f"prompt, or compile again with a larger --max-context (the model's own limit permitting)")
+    if limit is not None:
+        max_tokens = min(max_tokens, limit - len(ids))  # the step at position `limit` would fail in onnxruntime
     dec = Decoder(qpasses.runtime.session(folder / DECODER_FILE, threads=threads))
     t0 = time.perf_counter()
     tokens, shown, t_first = [], "", None
@@ -170,7 +176,18 @@ def generate_text(folder: Path, prompt: str, max_tokens: int = 128, chat: bool =
     t1 = time.perf_counter()
     return {"text": text, "prompt_tokens": len(ids), "new_tokens": len(tokens),
             "prefill_tps": len(ids) / max(t_first - t0, 1e-9) if t_first else 0.0,
-            "decode_tps": (len(tokens) - 1) / max(t1 - t_first, 1e-9) if len(tokens) > 1 else 0.0}
+            "decode_tps": (len(tokens) - 1) / max(t1 - t_first, 1e-9) if len(tokens) > 1 else 0.0,
+            "context_full": limit is not None and len(ids) + len(tokens) >= limit, "context_limit": limit}
+
+
+def served_positions(folder: Path) -> int | None:
+    """The positions the folder's decoder serves (manifest.json `max_context`: its rotary tables' rows, else
+    the model's own limit), or None when the folder does not say."""
+    try:
+        context = json.loads((folder / "manifest.json").read_text()).get("max_context") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return context.get("rotary_rows") or context.get("model")
 
 
 def _compiled_from_onnx(folder: Path) -> bool:
