@@ -7,7 +7,8 @@ layer, three after the rewrite.
 
 Identity relied on: for q, k, v = the projections [B, S, H·D], the cache past_k / past_v
 [B, Hkv, P, D], mask = the graph's additive attention mask [B, 1, S, P+S], p = position_ids and
-rope(x) = x·cos(p·f) + rotate_half(x)·sin(p·f) = RotaryEmbedding(x, p, cos_cache, sin_cache),
+rope(x) = a·(x·cos(p·f) + rotate_half(x)·sin(p·f)) = RotaryEmbedding(x, p, a·cos_cache, a·sin_cache)
+(a: YaRN's attention factor, else 1),
   softmax(scale · rope(q) · repeat(concat(past_k, rope(k)))ᵀ + mask) · repeat(concat(past_v, v))
   == GroupQueryAttention(rope(q), rope(k), v, past_k, past_v, seqlens_k = P+S−1, total = P+S,
                          attention_bias = mask)
@@ -19,7 +20,7 @@ walks the rest (a chain of no-op Identity / Cast nodes, repeat_kv's optional sha
 rotary subgraphs: parts of varying length that one pattern cannot spell) and fails with the reason
 for a site of any other shape. The rewrite re-points the graph's cache outputs at the fused node's
 (the concatenated caches are graph outputs, read outside the matched tail). Sites share one cos/sin
-table and one pair of sequence lengths per graph (`Tables`), built at the first rewrite.
+table pair per distinct rotary and one pair of sequence lengths per graph (`Tables`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
-from qpasses.errors import LoweringError
 from qpasses.rules.base import NoMatch, constant, fail, producer
 
 MS = "com.microsoft"
@@ -81,25 +81,26 @@ def _rope(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
     return h, producer(cos, "Unsqueeze").inputs[0], producer(right.inputs[1], "Unsqueeze").inputs[0]
 
 
-def _inv_freq(cos: ir.Value) -> np.ndarray:
-    """cos = Cos(Concat(f, f)), f = Mul(positions, inv_freq) -> inv_freq [D/2].
+def _rotary(cos: ir.Value) -> Rotary:
+    """cos = [Mul(a,] Cos(Concat(f, f)) [)], f = Mul(positions, inv_freq) -> Rotary(inv_freq [D/2], a).
 
-    What one table cannot hold fails with its reason: cos/sin scaled after the Cos (the attention
-    factor of rope_scaling "yarn" / "longrope"), frequencies computed from the positions ("longrope"'s
-    short / long switch, "dynamic")."""
-    node = cos.producer()
+    a is the attention factor of rope_scaling "yarn" (1 when absent): it scales q and k, so it scales
+    the tables (a·cos, a·sin). What one table cannot hold fails with its reason: frequencies computed
+    from the positions ("longrope"'s short / long switch, "dynamic")."""
+    factor, node = 1.0, cos.producer()
     if node is not None and node.op_type == "Mul" and node.domain == "":
-        factors = [constant(v) for v in node.inputs if constant(v) is not None]
-        if factors and factors[0].size == 1:
-            raise NoMatch(f"the rotary cos/sin are scaled by {float(factors[0].reshape(())):.6g} (a rope_scaling "
-                          "attention factor, e.g. YaRN's), which the RotaryEmbedding tables do not hold")
+        scales = [constant(v) for v in node.inputs if constant(v) is not None]
+        if len(scales) != 1 or scales[0].size != 1:
+            raise NoMatch("the rotary cos/sin are scaled by something other than one constant")
+        factor = float(scales[0].reshape(()))
+        cos = next(v for v in node.inputs if constant(v) is None)
     cat = producer(producer(cos, "Cos").inputs[0], "Concat")
     mul = producer(cat.inputs[0], "Mul")
     consts = [v for v in mul.inputs if constant(v) is not None]
     if len(consts) != 1:
         raise NoMatch("the rotary frequencies are not one constant (they change with the position, e.g. "
                       "rope_scaling longrope or dynamic): one cos/sin table cannot represent them")
-    return _const(consts[0]).reshape(-1).astype(np.float32)
+    return Rotary(_const(consts[0]).reshape(-1).astype(np.float32), factor)
 
 
 def _width(v: ir.Value) -> int:
@@ -114,6 +115,12 @@ def _width(v: ir.Value) -> int:
     raise NoMatch(f"the width of {v.name} is not known")
 
 
+@dataclass(frozen=True)
+class Rotary:
+    inv_freq: np.ndarray  # [head_dim / 2]
+    factor: float  # multiplies cos and sin (YaRN's attention factor; 1 otherwise)
+
+
 @dataclass
 class Site:
     heads: int
@@ -126,7 +133,7 @@ class Site:
     present_v: ir.Value
     mask: ir.Value
     scale: float
-    inv_freq: np.ndarray
+    rotary: Rotary
 
 
 def match(softmax: ir.Node, v_rep: ir.Value, graph: ir.Graph) -> Site:
@@ -150,7 +157,7 @@ def match(softmax: ir.Node, v_rep: ir.Value, graph: ir.Graph) -> Site:
     k, _, _ = _rope(k_rot)
     q = _heads(q)
     return Site(_width(q) // past_k.shape[3], q, _heads(k), _heads(v_heads), past_k, past_v, present_k, present_v,
-                mask, scale, _inv_freq(cos))
+                mask, scale, _rotary(cos))
 
 
 def _shared(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -160,26 +167,29 @@ def _shared(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
 
 
 class Tables:
-    """What every fused site of one graph reads: the rotary cos/sin tables of `max_positions` rows
-    (RotaryEmbedding refuses a position_ids value from max_positions on), position_ids, and the
-    sequence lengths; built once, at the first rewrite."""
+    """What every fused site of one graph reads: rotary cos/sin tables of `max_positions` rows
+    (RotaryEmbedding refuses a position_ids value from max_positions on), one pair per distinct
+    rotary (Gemma 3's local and global layers differ), position_ids, and the sequence lengths;
+    built at the first rewrite that needs them."""
 
     def __init__(self, graph: ir.Graph, max_positions: int):
         self.graph, self.max_positions = graph, max_positions
-        self.inv_freq: np.ndarray | None = None
+        self.pairs: dict[tuple[bytes, float], tuple[ir.Value, ir.Value]] = {}
         self.values: tuple[ir.Value, ...] = ()
 
-    def get(self, inv_freq: np.ndarray) -> tuple[ir.Value, ...]:
+    def get(self, rotary: Rotary) -> tuple[ir.Value, ...]:
         """(cos, sin, position_ids, seqlens_k, total_sequence_length)."""
-        if self.inv_freq is None:
-            g, self.inv_freq = self.graph, inv_freq
-            freqs = np.arange(self.max_positions, dtype=np.float32)[:, None] * inv_freq[None, :]
-            cos = _shared(g, "qpasses.rope.cos", np.cos(freqs).astype(np.float32))
-            sin = _shared(g, "qpasses.rope.sin", np.sin(freqs).astype(np.float32))
-            self.values = (cos, sin, next(v for v in g.inputs if v.name == "position_ids"), *self._lengths())
-        elif not np.array_equal(inv_freq, self.inv_freq):
-            raise LoweringError("the layers' rotary frequencies differ; one cos/sin table cannot serve them")
-        return self.values
+        g, key = self.graph, (rotary.inv_freq.tobytes(), rotary.factor)
+        if not self.values:
+            self.values = (next(v for v in g.inputs if v.name == "position_ids"), *self._lengths())
+        if key not in self.pairs:
+            # the first pair keeps the plain names; a Gemma 3 local table is qpasses.rope.1.cos, ...
+            prefix = "qpasses.rope." + (f"{len(self.pairs)}." if self.pairs else "")
+            freqs = np.arange(self.max_positions, dtype=np.float32)[:, None] * rotary.inv_freq[None, :]
+            self.pairs[key] = tuple(
+                _shared(g, prefix + name, (np.float32(rotary.factor) * fn(freqs)).astype(np.float32))
+                for name, fn in (("cos", np.cos), ("sin", np.sin)))
+        return (*self.pairs[key], *self.values)
 
     def _lengths(self) -> tuple[ir.Value, ir.Value]:
         """seqlens_k = total - 1 per row (int32 [B]) and total = attention_mask's length (int32 scalar):
@@ -223,7 +233,7 @@ class GroupQueryAttentionFusion(RewriteRuleClassBase):
 
     def rewrite(self, op, probs, v_rep, out, **_):
         site = match(_softmax(probs), v_rep, out.graph)
-        cos, sin, positions, seqlens, total = self.tables.get(site.inv_freq)
+        cos, sin, positions, seqlens, total = self.tables.get(site.rotary)
         kv_heads = site.past_k.shape[1]
         # Rotary as its own op, at the graph's position_ids (GQA's built-in rotary counts
         # positions from the cache length, which left padding shifts).

@@ -136,16 +136,20 @@ def scaled_model(kind: str):
 
 @pytest.mark.parametrize("kind, fused, reason", [
     ("linear", 1, None),  # inv_freq / factor: still one table
-    ("yarn", 0, "scaled by"),  # its attention factor multiplies cos / sin (found in the graph)
+    ("yarn", 1, None),  # its attention factor multiplies cos / sin: it goes into the tables
     ("longrope", 0, "rope_scaling 'longrope' changes the rotary frequencies with the position"),  # the config
 ])
-def test_a_rotary_scaling_one_table_cannot_hold_stays_unfused_with_the_reason(kind, fused, reason):
+def test_rotary_scalings_fuse_into_the_tables_or_stay_unfused_with_the_reason(kind, fused, reason):
     model = scaled_model(kind)
     ctx = Context(positions=positions(SimpleNamespace(model=model), None))
     assert ctx.positions.rope_types == (kind,)
     decoder = to_onnx(capture(model)).decoder
-    _, counts = fuse(decoder, ctx, max_positions=64)
+    fused_decoder, counts = fuse(decoder, ctx, max_positions=64)
     assert counts == ({"fuse.group_query_attention": fused} if fused else {})
+    if fused:  # the fused decoder decodes as the exported one, at positions up to the table's last row
+        ids = torch.randint(3, 259, (2, 6), generator=torch.Generator().manual_seed(8))
+        np.testing.assert_allclose(steps(session(fused_decoder), ids, 58), steps(session(decoder), ids, 58),
+                                   atol=1e-4, rtol=0)
     if reason:
         [miss] = ctx.notes.misses["fuse_attention"]
         assert reason in miss, miss
