@@ -87,3 +87,43 @@ def test_nan_in_a_linear_weight_is_refused_naming_the_tensor(tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "weight onnx::MatMul_105 holds 1 NaN/Inf" in error_line(capsys)
     assert not out.exists()
+
+
+def test_a_legacy_torch_onnx_export_compiles_with_its_anonymous_lm_head_kept_float(tmp_path):
+    """The TorchScript exporter (torch.onnx.export(dynamo=False)) on tiny-llama: its masks hold
+    finfo.min, its tied lm_head weight is an anonymous `onnx::MatMul_N` transposed copy."""
+    import json
+    import warnings
+
+    import torch
+
+    from qpasses.models.tiny import build_byte_tokenizer, build_tiny_llama
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids, mask):
+            return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    ids = torch.randint(3, 259, (1, 8), generator=torch.Generator().manual_seed(0))
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(build_tiny_llama()), (ids, torch.ones_like(ids)), str(folder / "model.onnx"),
+                          dynamo=False, input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes=axes, opset_version=17)
+    build_byte_tokenizer().save_pretrained(str(folder))
+    (tmp_path / "eval.txt").write_text(TEXT)
+    out = tmp_path / "int4"
+    assert main(["run", "--model", str(folder / "model.onnx"), "--recipe", "int4-w4a16-rtn", "--out", str(out),
+                 "--eval-windows", "1", "--text", str(tmp_path / "eval.txt"), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["passes"][0]["rewrites"] == {"rtn.int4_sym_g128": 14}  # 2 layers x 7, not the lm_head
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    [lm_head] = [n for n in graph.node if n.op_type == "MatMul" and "/lm_head/" in n.name]
+    assert lm_head.input[1].startswith("onnx::MatMul_")  # still the float weight, under its anonymous name
+    assert np.isfinite(report["ppl_quant"])
