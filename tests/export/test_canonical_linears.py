@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from models.families import build_family
 from qpasses.export.capture import capture
 from qpasses.ir.fx_stage import FxStage
+from qpasses.models.families import build_family
 
 aten = torch.ops.aten
 PRODUCTS = {aten.matmul.default, aten.mm.default, aten.addmm.default}
