@@ -67,7 +67,7 @@ def _products(ep: ExportedProgram) -> list[tuple[torch.fx.Node, torch.fx.Node, b
             found.append((node, w.args[0], False))
         elif _matrix(ep, w):
             found.append((node, w, True))
-    return [f for f in found if f[0].target is not aten.addmm.default or _bias_of(f[0]) is not None]
+    return [f for f in found if f[0].target is not aten.addmm.default or _is_bias(ep, f[0].args[0], f[0])]
 
 
 def _matrix(ep: ExportedProgram, node) -> bool:
@@ -84,10 +84,9 @@ def _is_transpose(node) -> bool:
     return True
 
 
-def _bias_of(addmm: torch.fx.Node) -> torch.fx.Node | None:
-    """addmm's bias when it is one value per output column ([N]), the only bias linear takes."""
-    b, out = addmm.args[0], addmm.meta["val"]
-    return b if isinstance(b, torch.fx.Node) and tuple(b.meta["val"].shape) == tuple(out.shape[-1:]) else None
+def _is_bias(ep: ExportedProgram, b, product: torch.fx.Node) -> bool:
+    """True when `b` is a parameter of one value per output column of `product` ([N]): a site's bias."""
+    return parameter_of(ep, b) is not None and tuple(b.meta["val"].shape) == tuple(product.meta["val"].shape[-1:])
 
 
 def _transposable(programs, found) -> set[str]:
@@ -119,7 +118,7 @@ def _store_transposed(ep: ExportedProgram, weight: torch.fx.Node, key: str, done
 def _rewrite(ep: ExportedProgram, node: torch.fx.Node, weight: torch.fx.Node) -> None:
     """Replace product `node` (and the bias add or view back that follows it) by one linear."""
     x = node.args[-2]
-    bias, last = (_bias_of(node), node) if node.target is aten.addmm.default else _added_bias(ep, node)
+    bias, last = (node.args[0], node) if node.target is aten.addmm.default else _added_bias(ep, node)
     flat = _flattened(x, last)
     if flat is not None:
         x, last = flat
@@ -141,9 +140,7 @@ def _added_bias(ep: ExportedProgram, node: torch.fx.Node) -> tuple[torch.fx.Node
     if add is None or add.target is not aten.add.Tensor or add.kwargs or add.args.count(node) != 1:
         return None, node
     b = next(a for a in add.args if a is not node)
-    if parameter_of(ep, b) is None or tuple(b.meta["val"].shape) != tuple(node.meta["val"].shape[-1:]):
-        return None, node
-    return b, add
+    return (b, add) if _is_bias(ep, b, node) else (None, node)
 
 
 def _flattened(x, last: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node] | None:
