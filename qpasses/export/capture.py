@@ -30,6 +30,10 @@ embedding and lm_head) is one tensor with one canonical name, the first in
 `named_parameters()` order (the one Hugging Face saves, "model.embed_tokens.weight"); the
 other names are aliases (`Programs.tied`).
 
+Every linear layer is an `aten.linear(x, W[N, K], bias)` node: `canonical_linears` rewrites the
+other ways a model writes one (GPT-2's Conv1D `addmm`, Falcon's `x @ W.T`) right after capture. A
+Conv1D weight keeps its name but the programs hold its transpose, [out, in] like any linear.
+
 OPSET = 21 is the one ONNX opset every export uses: blocked DequantizeLinear exists from 21.
 
 Pitfalls handled here (docs/evaluation.md#export):
@@ -59,6 +63,7 @@ from torch.export import Dim, ExportedProgram
 from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
 
 from qpasses.errors import InputError
+from qpasses.export.canonical_linears import canonicalize_linears
 from qpasses.offload import released_by_module
 
 OPSET = 21
@@ -268,4 +273,5 @@ def capture(model, decoder: bool = True) -> Programs:
     if decoder and model.can_generate():
         programs.decoder, layers = _capture_decoder(model)
         programs.io_names["decoder"] = decoder_io_names(layers)
+    canonicalize_linears(programs)
     return programs
