@@ -25,6 +25,7 @@ from qpasses.errors import InputError
 from qpasses.export.deploy import check_destination, staged
 from qpasses.memory import release_free_memory
 from qpasses.passes.base import Context, Positions
+from qpasses.passes.coverage import unquantized_sites
 from qpasses.passes.manager import PassManager
 from qpasses.passes.notes import Notes
 from qpasses.recipe import DEFAULT_RECIPE, load_recipe
@@ -149,10 +150,17 @@ def _run(opts: Options, log, prof) -> dict:
             probe.start(graph, ctx)
         release_free_memory()
 
+    unquantized: list[dict] = []
+
     def after_pass(g, result):
         if probe:
             with stage("layer_error"):
                 probe.after(g, ctx, result)
+        if result.name == "lower_linears":
+            unquantized[:] = unquantized_sites(g, passes, recipe.ignore)
+            if unquantized:
+                log(f"warning: {len(unquantized)} linear(s) kept in float: " + ", ".join(
+                    f"{s['name']} ({s['reason']})" for s in unquantized))
         release_free_memory()  # e.g. the mapped weights a postcondition read
     manager = PassManager(passes, to_onnx=to_stage_b, on_stage_change=on_stage_change, dump_dir=opts.dump_dir, log=log,
                           after_pass=after_pass)
@@ -173,7 +181,7 @@ def _run(opts: Options, log, prof) -> dict:
             ppl["quant"] = evaluator.ort(folder / "model.onnx", "deployed (onnxruntime)")
         report = rep.build(opts, folder, recipe, loaded, results, ppl, evaluator, quantize_seconds,
                            time.perf_counter() - t_start, layer_error=probe.table if probe else {},
-                           profile=prof.table())
+                           profile=prof.table(), unquantized_sites=unquantized)
         rep.write(report, folder)
     checkpoint.remove()  # the deployment is in place: nothing is left to resume
     log(rep.render_markdown(report))

@@ -66,9 +66,11 @@ def weight_count(loaded) -> int:
 
 
 def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_seconds, total_seconds,
-          layer_error: dict | None = None, profile: dict | None = None) -> dict:
+          layer_error: dict | None = None, profile: dict | None = None,
+          unquantized_sites: list[dict] | None = None) -> dict:
     """The report of a run whose deployed files are in `out`; `layer_error` is the table of
-    evaluate.layer_error ({site: {pass: E}}, empty when the probe was off)."""
+    evaluate.layer_error ({site: {pass: E}}, empty when the probe was off); `unquantized_sites` the
+    linears the recipe kept in float ({name, shape, reason}, passes.coverage)."""
     count = weight_count(loaded)
     stored = stored_weight_bytes(out)
     return {
@@ -88,6 +90,7 @@ def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_sec
         "stored_weight_bytes": stored,
         "bits_per_weight": 8 * stored / count,
         "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
+        "unquantized_sites": unquantized_sites or [],
         "quantize_seconds": round(quantize_seconds, 2),
         "total_seconds": round(total_seconds, 2),
         "peak_rss_bytes": peak_rss_bytes(),

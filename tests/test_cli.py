@@ -45,6 +45,8 @@ def test_run_writes_the_deployment_and_a_complete_report(int4_run):
                 "quantize_seconds", "bits_per_weight", "peak_rss_bytes", "versions"):
         assert key in r, key
     assert r["eval_tokens"] == 2 * 511
+    assert r["unquantized_sites"] == [{"name": "lm_head", "shape": [512, 64],
+                                       "reason": "ignored by recipe pattern 'lm_head'"}]
     assert r["ppl_quant"] == pytest.approx(r["ppl_stage_a"], rel=1e-4)
     assert r["ppl_stage_a"] != pytest.approx(r["ppl_fp"], rel=1e-6)  # quantization did something
     assert [p["name"] for p in r["passes"]] == ["quantize_weights", "export_onnx", "lower_linears", "fuse_linears",
@@ -117,6 +119,8 @@ def test_every_builtin_recipe_deploys_what_stage_a_computed(recipe, text, tmp_pa
         rewrites = {k: v for p in r["passes"] for k, v in p["rewrites"].items()}
         assert rewrites["embedding.tied"] == 1 and rewrites["gather.block_quantized"] == 1, rewrites
         assert sum(v for k, v in rewrites.items() if k.startswith("gptq+piso.")) == 15, rewrites  # 14 + lm_head
+    if recipe in COMPOSED or recipe == "fp":  # all quantized; fp quantizes nothing, so keeps nothing on purpose
+        assert r["unquantized_sites"] == []
     if recipe == "fp" or recipe.startswith("rotate-"):  # function-preserving
         assert r["ppl_stage_a"] == pytest.approx(r["ppl_fp"], rel=1e-5)
 
@@ -226,6 +230,23 @@ def test_graph_with_no_matching_site_is_an_error(int4_run, tmp_path, capsys):
     assert main(["run", "--model", str(int4_run / "model.onnx"), "--recipe", "int4-w4a16-rtn", "--no-eval",
                  "--out", str(out), "--no-progress"]) == 2
     assert "rewrote nothing" in error_line(capsys)
+    assert not out.exists()
+
+
+def test_a_linear_left_in_float_unasked_is_one_line(tmp_path, capsys, monkeypatch):
+    """No silent fp32: a site the recipe quantizes that no weight pass planned stops the run after lowering."""
+    from qpasses.passes import quantize_weights
+
+    def select(sites, ignore):  # a weight pass that misses one linear, as one that cannot see it would
+        return [s for s in real(sites, ignore) if s.name != "model.layers.0.self_attn.q_proj"]
+
+    real = quantize_weights.select
+    monkeypatch.setattr(quantize_weights, "select", select)
+    out = tmp_path / "out"
+    assert run("--recipe", "int4-w4a16-rtn", "--no-eval", "--no-layer-error", "--out", out) == 2
+    line = error_line(capsys)
+    assert "1 linear(s) the recipe quantizes are still float matmuls" in line
+    assert "model.layers.0.self_attn.q_proj [64x64]" in line and "lm_head" not in line
     assert not out.exists()
 
 

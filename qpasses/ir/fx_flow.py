@@ -42,7 +42,7 @@ def _last(node: torch.fx.Node) -> int:
     return int(node.meta["val"].shape[-1])
 
 
-def _is_last(dim: int, rank: int) -> bool:
+def is_last(dim: int, rank: int) -> bool:
     return dim % rank == rank - 1
 
 
@@ -98,7 +98,7 @@ def _residual_rule(ep, node, state, stream) -> str | None:
         return s[0]
     if t is aten.pow.Tensor_Scalar and s[0] == "R" and args[1] == 2:
         return "SQ"
-    if t is aten.mean.dim and s[0] == "SQ" and len(args[1]) == 1 and _is_last(args[1][0], _rank(args[0])) \
+    if t is aten.mean.dim and s[0] == "SQ" and len(args[1]) == 1 and is_last(args[1][0], _rank(args[0])) \
             and (args[2] if len(args) > 2 else node.kwargs.get("keepdim")):
         return "I"
     if t is aten.rsqrt.default and s[0] == "I":
@@ -124,7 +124,7 @@ def _residual_rule(ep, node, state, stream) -> str | None:
 
 def token_slice(node) -> bool:
     """A slice of tokens (any dim but the last): the lm_head's `hidden[:, -k:]`."""
-    return node.target is aten.slice.Tensor and not _is_last(node.args[1], _rank(node.args[0]))
+    return node.target is aten.slice.Tensor and not is_last(node.args[1], _rank(node.args[0]))
 
 
 def linear_readers(node) -> list[torch.fx.Node] | None:
@@ -215,16 +215,16 @@ def _head_rule(u, x, hd, flow) -> str | None:
         return "flow"
     if t is aten.transpose.int:
         r = _rank(x)
-        return None if _is_last(args[1], r) or _is_last(args[2], r) else "flow"
+        return None if is_last(args[1], r) or is_last(args[2], r) else "flow"
     if t is aten.unsqueeze.default:
-        return None if _is_last(args[1], _rank(u)) else "flow"
+        return None if is_last(args[1], _rank(u)) else "flow"
     if t is aten.slice.Tensor:
-        return None if _is_last(args[1], _rank(x)) else "flow"
+        return None if is_last(args[1], _rank(x)) else "flow"
     if t is aten.expand.default:
         return "flow" if _last(u) == _last(x) else None
     if t is aten.cat.default:
         others = [a for a in args[0] if a is not x and a not in flow]
-        ok = all(map(_cache_state, others)) and not _is_last(args[1] if len(args) > 1 else 0, _rank(u))
+        ok = all(map(_cache_state, others)) and not is_last(args[1] if len(args) > 1 else 0, _rank(u))
         return "flow" if ok else None
     if t is aten.scaled_dot_product_attention.default:
         return "attention" if args[2] is x and args[0] is not x and args[1] is not x else None
@@ -247,13 +247,15 @@ def _cache_state(node) -> bool:
 
 def norm_output(node) -> bool:
     """True when `node` is an RMS normalization's output: x · rsqrt(mean(x², -1) + eps), possibly
-    cast and scaled by a 1-D parameter."""
+    cast and scaled by a 1-D parameter, or a LayerNorm's (aten.layer_norm)."""
     node = skip_casts(node)
     if node.target is aten.mul.Tensor:
         for a, b in (node.args, node.args[::-1]):
             if isinstance(b, torch.fx.Node) and b.op == "placeholder" and isinstance(a, torch.fx.Node):
                 node = skip_casts(a)
                 break
+    if node.target is aten.layer_norm.default:
+        return True
     if node.target is not aten.mul.Tensor:
         return False
     return any(isinstance(a, torch.fx.Node) and a.target is aten.rsqrt.default for a in node.args)

@@ -90,6 +90,7 @@ class Pass(abc.ABC):
     stages: ClassVar[tuple[str, ...]]  # ("fx",), ("onnx",) or ("fx", "onnx")
     changes_activations: ClassVar[bool] = False
     expects_rewrites: ClassVar[bool] = True  # zero rewrites is an error
+    plans_linears: ClassVar[bool] = False  # quantizes linear weights: what it selects must end up lowered
     Settings: ClassVar[type]
 
     def __init__(self, ignore: Any = (), **settings: Any):

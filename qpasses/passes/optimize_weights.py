@@ -226,6 +226,7 @@ def relative_errors(w: np.ndarray, approximations: list[np.ndarray], h: torch.Te
 class OptimizeWeights(Pass):
     name = "optimize_weights"
     stages = ("fx",)
+    plans_linears = True
     Settings = Settings
 
     def requires(self, graph, ctx):

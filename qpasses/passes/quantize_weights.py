@@ -46,6 +46,7 @@ def snap(site, fmt: WeightFormat, ctx) -> QuantizedWeight:
 class QuantizeWeights(Pass):
     name = "quantize_weights"
     stages = ("fx", "onnx")
+    plans_linears = True
     Settings = Settings
 
     def run(self, graph, ctx):

@@ -6,7 +6,7 @@ rotation that mixes heads (docs/methods.md#online-rotations). Each distinct inpu
 `torch.ops.qpasses.rotate` (two small MatMuls for a Kronecker-factored R, one for a block
 rotation), shared by the linears that read it; it survives ONNX export as standard ops.
 Which inputs, found by pattern (ir.fx_flow), never by module name:
-    norm       the output of an RMS norm (q/k/v, gate/up, lm_head)
+    norm       the output of an RMS norm or a LayerNorm (q/k/v, gate/up, lm_head)
     attention  the attention output, head-blocked (o_proj)
     other      anything else (down_proj)
 Stage: fx.

@@ -1,9 +1,12 @@
 """smooth_inputs: learned channel scales x ↦ x diag(1/s), W ↦ W diag(s) (SmoothRot, docs/methods.md#smoothing-scales).
 
-Identity relied on: (x diag(1/s) R)(W diag(s) R)ᵀ = x Wᵀ; 1/s folds into x's producer (a norm
-scale, or up_proj's rows for down_proj; ir.fx_scales), s into the reading weights' columns, before
-an online rotation R already in front of them (scale-then-rotate). Which inputs, by pattern, as in
-rotate_inputs: `other` (down_proj, the SmoothRot default), `norm` (q/k/v, gate/up).
+Identity relied on: (x diag(1/s) R)(W diag(s) R)ᵀ = x Wᵀ; 1/s folds into x's producer (a norm's
+γ (and β), up_proj's rows for down_proj, the up half's rows of a fused gate_up_proj, fc1's rows
+through a relu; ir.fx_scales), s into the reading weights' columns, before an online rotation R
+already in front of them (scale-then-rotate). Which inputs, by pattern, as in rotate_inputs:
+`other` (down_proj, the SmoothRot default), `norm` (q/k/v, gate/up). An input whose producer cannot
+absorb 1/s (an attention output) is left unscaled and listed in manifest.json (`smoothing.skipped`);
+none at all is an error, and so is a tied lm_head whose producer could take the scales.
 
 The scales come from a ladder of policies, each measured by the layer error through the
 deployment quantizers (`format`) and R on calibration tokens, and reported on held-out tokens:
@@ -159,12 +162,12 @@ class SmoothInputs(Pass):
                 continue
             rotated = x.target is torch.ops.qpasses.rotate.default
             producer = producer_of(ep, x_pre, {x} if rotated else nodes)
+            if producer is None:  # left unscaled (a tied lm_head too: its weight is not changed)
+                skipped.append(sites[0].name)
+                continue
             if tied & {s.weight_name for s in sites}:
                 raise PreconditionError(f"{sites[0].name} shares its weight with an embedding table; run "
                                         f"untie_embeddings first or ignore it")
-            if producer is None:
-                skipped.append(sites[0].name)
-                continue
             groups.append(Group(sites, cls, producer, rotation_of(ep, x) if rotated else None))
         return groups, skipped
 
@@ -234,13 +237,12 @@ class SmoothInputs(Pass):
         """1/s into the producer, s into the readers' columns (then R again where one follows)."""
         p = g.producer
         programs = graph.programs
-        value = programs.parameter(programs.fqn(p.parameter)).detach().double().numpy()
-        inv = 1.0 / s
-        graph.set_parameter(programs.fqn(p.parameter), (value * inv if p.kind == "norm" else value * inv[:, None])
-                            .astype(np.float32))
-        if p.bias is not None:
-            bias = programs.parameter(programs.fqn(p.bias)).detach().double().numpy()
-            graph.set_parameter(programs.fqn(p.bias), (bias * inv).astype(np.float32))
+        rows, inv = slice(*p.rows) if p.rows else slice(None), 1.0 / s
+        for key, scale in ((p.parameter, inv if p.kind == "norm" else inv[:, None]), (p.bias, inv)):
+            if key is not None:
+                value = programs.parameter(programs.fqn(key)).detach().double().numpy()
+                value[rows] *= scale
+                graph.set_parameter(programs.fqn(key), value.astype(np.float32))
         w = g.w * s
         row = 0
         for site in g.sites:

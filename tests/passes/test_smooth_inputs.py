@@ -13,6 +13,8 @@ from fx_helpers import IDS, logits, rel, transform
 
 from qpasses.compiler import to_stage_b
 from qpasses.errors import PreconditionError, RecipeError
+from qpasses.ir.fx_scales import producer_of
+from qpasses.models.families import build_family
 from qpasses.models.tiny import build_tiny_llama
 from qpasses.passes.registry import PASSES
 
@@ -81,3 +83,51 @@ def test_errors_name_the_problem():
         PASSES["smooth_inputs"](quantile=0.0)
     with pytest.raises(PreconditionError, match="untie_embeddings"):
         transform(build_tiny_llama(), [FOLD, ("smooth_inputs", {"inputs": ["norm"]})])
+
+
+@pytest.mark.parametrize("family", ["phi3", "opt"])
+def test_fused_gate_up_and_relu_producers_keep_logits(family):
+    """Phi-3's down_proj reads up ⊙ silu(gate) from chunks of one gate_up_proj: 1/s goes into the up
+    half's rows only; OPT's fc2 reads relu(fc1): 1/s goes into fc1's rows and bias. The tied OPT
+    lm_head reads a LayerNorm, a norm input as the tied Llama's: not smoothed, no error."""
+    m, _ = build_family(family)
+    with torch.no_grad():
+        ref = m(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits.numpy()
+    graph, counts, ctx = transform(m, [("rotate_inputs", {}), ("smooth_inputs", {})])
+    assert rel(logits(graph), ref) < 1e-5, counts
+    assert counts["smooth_inputs"] == {"smooth.other.rows": 2}
+    sites = ctx.notes.smoothing["sites"]
+    assert {s.rsplit(".", 1)[1] for s in sites} == {"down_proj" if family == "phi3" else "fc2"}
+    assert not any(s.startswith("lm_head") for s in ctx.notes.smoothing["skipped"])
+
+
+class _FusedPair(torch.nn.Module):
+    """y = down(relu(h[:, :8]) ⊙ h[:, 8:]) with h = fused(x); `overlap` also returns h[:, 4:12]."""
+
+    def __init__(self, overlap: bool):
+        super().__init__()
+        self.fused, self.down, self.overlap = torch.nn.Linear(8, 16), torch.nn.Linear(8, 8), overlap
+
+    def forward(self, x):
+        h = self.fused(x)
+        y = self.down(torch.relu(h[:, :8]) * h[:, 8:])
+        return (y, h[:, 4:12]) if self.overlap else y
+
+
+def test_a_slice_of_a_fused_linear_takes_its_rows_only():
+    torch.manual_seed(0)
+    m, x = _FusedPair(overlap=False), torch.randn(5, 8)
+    ep = torch.export.export(m, (x,))
+    down = [n for n in ep.graph.nodes if n.target is torch.ops.aten.linear.default][-1]
+    p = producer_of(ep, down.args[0], {down})
+    assert (p.kind, p.parameter, p.bias, p.rows) == ("rows", "fused.weight", "fused.bias", (8, 16))
+    s = torch.rand(8, dtype=torch.float64) + 0.5
+    ref = m(x).double()
+    with torch.no_grad():
+        m.fused.weight[8:] /= s[:, None].float()
+        m.fused.bias[8:] /= s.float()
+        m.down.weight *= s.float()
+    assert rel(m(x).double().detach(), ref.detach()) < 1e-6
+    over = torch.export.export(_FusedPair(overlap=True), (x,))
+    down = [n for n in over.graph.nodes if n.target is torch.ops.aten.linear.default][-1]
+    assert producer_of(over, down.args[0], {down}) is None  # h[:, 4:12] reads rows the scales would change
