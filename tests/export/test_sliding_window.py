@@ -1,0 +1,36 @@
+"""Sliding-window attention (Mistral, Gemma 2 / 3's local layers) captured with a full cache and the
+window in the mask: the KV-cache step program equals the Hugging Face model past the window."""
+
+import pytest
+import torch
+
+from qpasses.export.capture import capture
+from qpasses.models.families import build_family
+
+WINDOW, PROMPT, TOTAL = 8, 12, 20  # the prompt and every decoded token lie past the window
+
+
+def empty_past(model):
+    with torch.no_grad():
+        cache = model(input_ids=torch.ones(1, 1, dtype=torch.long), use_cache=True).past_key_values
+    return [(layer.keys[:, :, :0], layer.values[:, :, :0]) for layer in cache.layers]
+
+
+@pytest.mark.parametrize("family", ["mistral-sliding", "gemma2", "gemma3"])
+def test_the_step_program_equals_the_model_past_the_window(family):
+    model, _ = build_family(family, sliding_window=WINDOW)
+    programs = capture(model)
+    ids = torch.randint(3, 259, (1, TOTAL), generator=torch.Generator().manual_seed(0))
+    ones = torch.ones(1, TOTAL, dtype=torch.long)
+    step = programs.decoder.module()
+    with torch.no_grad():
+        full = model(input_ids=ids).logits  # Hugging Face's own sliding cache and mask
+        wide = build_family(family, sliding_window=64)[0](input_ids=ids).logits  # same weights, no window here
+        assert not torch.allclose(full[:, WINDOW:], wide[:, WINDOW:], atol=1e-3)  # the window matters
+        torch.testing.assert_close(programs.logits.module()(ids, ones), full, atol=1e-5, rtol=0)
+        logits, past = step(ids[:, :PROMPT], ones[:, :PROMPT], torch.arange(PROMPT)[None], empty_past(model))
+        torch.testing.assert_close(logits, full[:, :PROMPT], atol=1e-5, rtol=0)
+        for t in range(PROMPT, TOTAL):
+            logits, past = step(ids[:, t:t + 1], ones[:, :t + 1], torch.tensor([[t]]), past)
+            torch.testing.assert_close(logits, full[:, t:t + 1], atol=1e-5, rtol=0)
+    assert all(k.shape[2] == v.shape[2] == TOTAL for k, v in past)  # every layer keeps its whole past
