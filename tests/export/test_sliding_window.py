@@ -34,3 +34,40 @@ def test_the_step_program_equals_the_model_past_the_window(family):
             logits, past = step(ids[:, t:t + 1], ones[:, :t + 1], torch.tensor([[t]]), past)
             torch.testing.assert_close(logits, full[:, t:t + 1], atol=1e-5, rtol=0)
     assert all(k.shape[2] == v.shape[2] == TOTAL for k, v in past)  # every layer keeps its whole past
+
+
+@pytest.mark.parametrize("family, config, softcap, tables", [
+    ("gemma2", {"attn_logit_softcapping": 0.5, "query_pre_attn_scalar": 4}, 0.5, 1),  # a cap that matters (1e-3)
+    ("gemma3", {}, None, 2),  # q / k RMSNorm before the rotary; a local rotary base on the sliding layer
+])
+def test_gemma_attention_fuses_and_decodes_past_the_window(family, config, softcap, tables, tmp_path, ort_session):
+    from qpasses.evaluate.decoder import Decoder
+    from qpasses.export.deploy import save_deployment
+    from qpasses.export.onnx_export import to_onnx
+    from qpasses.ir.cleanup import finalize
+    from qpasses.ir.onnx_stage import OnnxStage
+    from qpasses.models.tiny import build_byte_tokenizer
+    from qpasses.passes.base import Context
+    from qpasses.passes.fuse_attention import FuseAttention
+
+    model, _ = build_family(family, sliding_window=WINDOW, **config)
+    models = to_onnx(capture(model))
+    stage = OnnxStage({"logits": models.logits, "decoder": models.decoder})
+    assert FuseAttention(max_positions=64).run(stage, Context()) == {"fuse.group_query_attention": 2}
+    g = models.decoder.graph
+    assert not any(n.op_type == "Softmax" for n in g)
+    caps = [n.attributes["softcap"].value if "softcap" in n.attributes else None
+            for n in g if n.op_type == "GroupQueryAttention"]
+    assert caps == [softcap] * 2
+    assert sum(name.startswith("qpasses.rope.cos") for name in g.initializers) == tables
+    finalize(models.logits)
+    save_deployment(models, tmp_path / family, build_byte_tokenizer(), {"qpasses.recipe": "test"})
+    step = Decoder(ort_session(tmp_path / family / "decoder_model.onnx"))
+    ids = torch.randint(3, 259, (TOTAL,), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    last, past = step.run(ids[:PROMPT], None, 0)
+    for t in range(PROMPT, TOTAL):
+        assert abs(last - full[t - 1]).max() < 1e-5
+        last, past = step.run([ids[t]], past, t)
+    assert abs(last - full[-1]).max() < 1e-5
