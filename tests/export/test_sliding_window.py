@@ -1,5 +1,6 @@
 """Sliding-window attention (Mistral, Gemma 2 / 3's local layers) captured with a full cache and the
-window in the mask: the KV-cache step program equals the Hugging Face model past the window."""
+window in the mask: the KV-cache step program equals the Hugging Face model past the window, in torch
+and, with attention fused, in onnxruntime. Gemma's norms read as norms."""
 
 import pytest
 import torch
@@ -71,3 +72,16 @@ def test_gemma_attention_fuses_and_decodes_past_the_window(family, config, softc
         assert abs(last - full[t - 1]).max() < 1e-5
         last, past = step.run([ids[t]], past, t)
     assert abs(last - full[-1]).max() < 1e-5
+
+
+def test_gemma_norms_are_found_by_pattern():
+    """Gemma's RMSNorm scales by 1 + γ and casts back with type_as: the linears it feeds read a norm."""
+    from qpasses.ir.fx_flow import head_paths
+    from qpasses.passes.rotate_inputs import input_class
+
+    ep = capture(build_family("gemma2")[0], decoder=False).logits
+    readers = {r for path in head_paths(ep) for r in path.readers}
+    classes = {next(reversed(node.meta["nn_module_stack"].values()))[0].split(".")[-1]: input_class(node, readers)
+               for node in ep.graph.find_nodes(op="call_function", target=torch.ops.aten.linear.default)}
+    assert classes == {"q_proj": "norm", "k_proj": "norm", "v_proj": "norm", "o_proj": "attention",
+                       "gate_proj": "norm", "up_proj": "norm", "down_proj": "other", "lm_head": "norm"}
