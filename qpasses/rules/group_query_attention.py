@@ -176,7 +176,7 @@ def match(softmax: ir.Node, v_rep: ir.Value, graph: ir.Graph) -> Site:
     q_heads, cos, _sin = _rope(q_rot)
     k_heads, _, _ = _rope(k_rot)
     (q, flat_q), (k, flat_k), (v, flat_v) = (_heads(x) for x in (q_heads, k_heads, v_heads))
-    heads = _width(q) // past_k.shape[3] if flat_q else q.shape[1]
+    heads = _width(q) // past_k.shape[3] if flat_q else q.shape[1] if q.shape is not None else None
     if not isinstance(heads, int):
         raise NoMatch(f"the head count of {q.name} is not known")
     return Site(heads, q, k, v, past_k, past_v, present_k, present_v, mask, scale, softcap, _inv_freq(cos),
