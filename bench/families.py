@@ -78,6 +78,10 @@ def main() -> None:
           "line.", "",
           "| family | " + " | ".join(recipes) + " |", "|---|" + "---|" * len(recipes)]
     md += [f"| {family} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for family, cells in rows]
+    md += ["", "Sliding-window attention (mistral-sliding; gemma2 and gemma3's local layers) is captured with a full "
+           "KV cache and the window in the attention mask (qpasses/export/capture.py): the decoder graph's present "
+           "is past + seq on every layer, as for full attention, never cropped to the window. Gemma's attention "
+           "soft-capping becomes GroupQueryAttention's softcap; its q / k norms and local rotary base fuse too."]
     args.table.write_text("\n".join(md) + "\n")
     print(f"saved {args.table}")
 

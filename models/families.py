@@ -21,16 +21,18 @@ FAMILIES = {
     "mistral-sliding": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 64}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",  # one sliding and one global layer (default: 5 to 1)
+               {"head_dim": 16, "sliding_window": 64, "layer_types": ["sliding_attention", "full_attention"]}),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 2048}),
     "falcon": ("FalconConfig", "FalconForCausalLM", {"new_decoder_architecture": False, "multi_query": True}),
     "opt": ("OPTConfig", "OPTForCausalLM", {"ffn_dim": 128, "word_embed_proj_dim": 64}),
 }
 
 
-def build_family(family: str, seed: int = 0):
+def build_family(family: str, seed: int = 0, **config):
     """The family's tiny model (eval mode, fp32, deterministic for a seed) and its linear-layer count
-    (`nn.Linear` and GPT-2's `Conv1D`)."""
+    (`nn.Linear` and GPT-2's `Conv1D`). `config` overrides fields of the family's config (e.g.
+    sliding_window=8); the weights depend on the seed and the shapes only."""
     import torch
     import transformers
     from transformers.pytorch_utils import Conv1D
@@ -38,7 +40,8 @@ def build_family(family: str, seed: int = 0):
     if family not in FAMILIES:
         raise KeyError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
     cfg_name, model_name, extra = FAMILIES[family]
-    cfg = getattr(transformers, cfg_name)(**SHAPE, bos_token_id=1, eos_token_id=2, pad_token_id=2, **extra)
+    fields = {**SHAPE, **extra, **config}
+    cfg = getattr(transformers, cfg_name)(**fields, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     torch.manual_seed(seed)
     model = getattr(transformers, model_name)(cfg).eval()
     return model, sum(isinstance(m, (torch.nn.Linear, Conv1D)) for m in model.modules())

@@ -48,9 +48,15 @@ Pitfalls handled here (docs/evaluation.md#export):
   past + seq gets a lower bound of 4; it is recomputed from the declared bounds (1), so a
   one-token prompt runs in `ep.module()` too.
 
-A model torch.export cannot trace is an InputError of one line: which program, the features of
-its config known to stop the capture (sliding-window attention, logit soft-capping), torch's
-first line, and where the supported families are listed.
+- sliding-window attention (Mistral, Gemma 2 / 3's local layers): Hugging Face's sliding cache
+  layers crop the past to the window, a present length of min(past + seq, window) that
+  torch.export cannot keep symbolic. The decoder program's cache is a plain DynamicCache (no
+  config: every layer keeps all its past), and the window stays in the attention mask, which
+  Hugging Face builds from positions (key > query - window): attending over the whole past with
+  that band is attending over the cropped past. Present is past + seq on every layer.
+
+A model torch.export cannot trace is an InputError of one line: which program, torch's first
+line, and where the supported families are listed.
 """
 
 from __future__ import annotations
@@ -171,7 +177,7 @@ class _DecoderStep(_Transparent):
         from transformers import DynamicCache
 
         torch._check(attention_mask.shape[1] == past_key_values[0][0].shape[2] + input_ids.shape[1])
-        cache = DynamicCache(past_key_values, config=self.hf.config)
+        cache = DynamicCache(past_key_values)  # no config: full layers, never cropped to a sliding window
         out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       past_key_values=cache, use_cache=True)
         return out.logits, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
@@ -244,18 +250,9 @@ def _export(model, what: str, module: torch.nn.Module, args: tuple, shapes: dict
 
 
 def _cannot_capture(config, what: str, error: Exception) -> str:
-    features = []
-    if getattr(config, "sliding_window", None):
-        features.append(f"sliding-window attention (sliding_window = {config.sliding_window})")
-    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "final_logit_softcapping", None):
-        features.append("logit soft-capping")
     kind = getattr(config, "model_type", "this")
-    why = f"; its {' and '.join(features)} {'are' if len(features) > 1 else 'is'} not supported yet" if features else ""
-    if len(features) == 1 and kind == "mistral":  # checked: bench/families.py, mistral and mistral-sliding
-        why += (f" (when every context stays within {config.sliding_window} tokens, sliding_window = null in "
-                "config.json gives the same model)")
     first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
-    return (f"torch.export cannot capture the {what} program of this {kind} model{why}; torch says: {first} "
+    return (f"torch.export cannot capture the {what} program of this {kind} model; torch says: {first} "
             "(docs/families.md lists the families that compile)")
 
 

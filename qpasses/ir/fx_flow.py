@@ -245,13 +245,23 @@ def _cache_state(node) -> bool:
     return node.target in _CACHE_OPS and all(map(_cache_state, node.all_input_nodes))
 
 
+def _norm_scale(node) -> bool:
+    """A norm's scale: a parameter γ, or Gemma's 1 + γ."""
+    if isinstance(node, torch.fx.Node) and node.target is aten.add.Tensor and 1 in node.args:
+        node = skip_casts(next(a for a in node.args if isinstance(a, torch.fx.Node)))
+    return isinstance(node, torch.fx.Node) and node.op == "placeholder"
+
+
 def norm_output(node) -> bool:
     """True when `node` is an RMS normalization's output: x · rsqrt(mean(x², -1) + eps), possibly
-    cast and scaled by a 1-D parameter, or a LayerNorm's (aten.layer_norm)."""
+    cast (Gemma: type_as the input) and scaled by a 1-D parameter γ (Gemma: 1 + γ), or a LayerNorm's
+    (aten.layer_norm)."""
     node = skip_casts(node)
+    if node.target is aten.type_as.default:
+        node = skip_casts(node.args[0])
     if node.target is aten.mul.Tensor:
         for a, b in (node.args, node.args[::-1]):
-            if isinstance(b, torch.fx.Node) and b.op == "placeholder" and isinstance(a, torch.fx.Node):
+            if _norm_scale(b) and isinstance(a, torch.fx.Node):
                 node = skip_casts(a)
                 break
     if node.target is aten.layer_norm.default:

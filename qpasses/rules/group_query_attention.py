@@ -9,11 +9,19 @@ Identity relied on: for q, k, v = the projections [B, S, H·D], the cache past_k
 [B, Hkv, P, D], mask = the graph's additive attention mask [B, 1, S, P+S], p = position_ids and
 rope(x) = a·(x·cos(p·f) + rotate_half(x)·sin(p·f)) = RotaryEmbedding(x, p, a·cos_cache, a·sin_cache)
 (a: YaRN's attention factor, else 1),
-  softmax(scale · rope(q) · repeat(concat(past_k, rope(k)))ᵀ + mask) · repeat(concat(past_v, v))
+  softmax(cap(scale · rope(q) · repeat(concat(past_k, rope(k)))ᵀ) + mask) · repeat(concat(past_v, v))
   == GroupQueryAttention(rope(q), rope(k), v, past_k, past_v, seqlens_k = P+S−1, total = P+S,
-                         attention_bias = mask)
-with the new cache as its 2nd and 3rd outputs. It agrees to float rounding (tests/export: greedy
-decoding with a left-padded row against the torch model).
+                         attention_bias = mask, softcap = c)
+with the new cache as its 2nd and 3rd outputs, cap(x) = c·tanh(x / c) (Gemma 2's attention logit
+soft-capping; GQA caps before it adds the bias) or the identity (softcap 0). It agrees to float
+rounding (tests/export: greedy decoding with a left-padded row against the torch model).
+
+A per-head op between a projection and the rotary (Gemma 3's q / k RMSNorm over the head size)
+stays: its [B, H, S, D] output goes back to [B, S, H·D] (Transpose, Reshape). A sliding window
+(Mistral, Gemma 2 / 3's local layers) is in the mask, so it needs nothing here; GQA's
+local_window_size stays unset (ORT versions differ on whether it counts the query's own key).
+Layers with different rotary frequencies (Gemma 3: a local base for sliding layers) get one
+cos/sin table each.
 
 The pattern is the attention's fixed tail, out = Reshape(Transpose(MatMul(probs, v))); the check
 walks the rest (a chain of no-op Identity / Cast nodes, repeat_kv's optional shape nodes, the
@@ -63,12 +71,29 @@ def _softmax(probs: ir.Value) -> ir.Node:
     return softmax
 
 
-def _heads(x: ir.Value) -> ir.Value:
-    """x = Transpose(Reshape(proj, [B, S, -1, D]), [0, 2, 1, 3]) -> proj [B, S, H·D]."""
-    t = producer(x, "Transpose")
-    if list(t.attributes.get_ints("perm", [])) != [0, 2, 1, 3]:
-        raise NoMatch(f"{t.name} is not the head transpose")
-    return producer(t.inputs[0], "Reshape").inputs[0]
+def _heads(x: ir.Value) -> tuple[ir.Value, bool]:
+    """x = Transpose(Reshape(proj, [B, S, -1, D]), [0, 2, 1, 3]) -> (proj [B, S, H·D], True); any other
+    x [B, H, S, D] (a per-head op after the transpose, e.g. Gemma 3's q / k norm) -> (x, False)."""
+    t = x.producer()
+    if t is None or t.op_type != "Transpose" or list(t.attributes.get_ints("perm", [])) != [0, 2, 1, 3]:
+        return x, False
+    reshape = t.inputs[0].producer()
+    return (reshape.inputs[0], True) if reshape is not None and reshape.op_type == "Reshape" else (x, False)
+
+
+def _softcap(x: ir.Value) -> tuple[ir.Value, float]:
+    """x = Mul(Tanh(Div(y, c)), c) -> (y, c) (attention logit soft-capping); any other x -> (x, 0)."""
+    mul = x.producer()
+    if mul is None or mul.op_type != "Mul" or mul.domain != "" or constant(mul.inputs[1]) is None:
+        return x, 0.0
+    tanh = mul.inputs[0].producer()
+    div = tanh.inputs[0].producer() if tanh is not None and tanh.op_type == "Tanh" else None
+    if div is None or div.op_type != "Div" or constant(div.inputs[1]) is None:
+        return x, 0.0
+    cap, inner = (float(_const(v).reshape(())) for v in (mul.inputs[1], div.inputs[1]))
+    if cap != inner:
+        raise NoMatch(f"{mul.name} caps at {cap} but divides by {inner}: not c·tanh(x / c)")
+    return div.inputs[0], cap
 
 
 def _rope(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
@@ -124,7 +149,7 @@ class Rotary:
 @dataclass
 class Site:
     heads: int
-    q: ir.Value
+    q: ir.Value  # [B, S, H·D], or [B, H, S, D] when a per-head op precedes the rotary (flat: False)
     k: ir.Value
     v: ir.Value
     past_k: ir.Value
@@ -133,13 +158,16 @@ class Site:
     present_v: ir.Value
     mask: ir.Value
     scale: float
+    softcap: float
     rotary: Rotary
+    flat: tuple[bool, bool, bool]  # q, k, v given as [B, S, H·D]
 
 
 def match(softmax: ir.Node, v_rep: ir.Value, graph: ir.Graph) -> Site:
     """The attention site of `softmax` whose output is MatMul(softmax, v_rep), or NoMatch with the reason."""
     add = producer(softmax.inputs[0], "Add")
-    scaled, mask = add.inputs
+    capped, mask = add.inputs
+    scaled, softcap = _softcap(capped)
     mul = producer(scaled, "Mul")
     scale = float(_const(mul.inputs[1]).reshape(()))
     qk = producer(mul.inputs[0], "MatMul")
@@ -153,11 +181,14 @@ def match(softmax: ir.Node, v_rep: ir.Value, graph: ir.Graph) -> Site:
         raise NoMatch("the cache is not a graph input")
     if present_k not in graph.outputs or present_v not in graph.outputs:
         raise NoMatch("the new cache is not a graph output")
-    q, cos, _sin = _rope(q_rot)
-    k, _, _ = _rope(k_rot)
-    q = _heads(q)
-    return Site(_width(q) // past_k.shape[3], q, _heads(k), _heads(v_heads), past_k, past_v, present_k, present_v,
-                mask, scale, _rotary(cos))
+    q_heads, cos, _sin = _rope(q_rot)
+    k_heads, _, _ = _rope(k_rot)
+    (q, flat_q), (k, flat_k), (v, flat_v) = (_heads(x) for x in (q_heads, k_heads, v_heads))
+    heads = _width(q) // past_k.shape[3] if flat_q else q.shape[1] if q.shape is not None else None
+    if not isinstance(heads, int):
+        raise NoMatch(f"the head count of {q.name} is not known")
+    return Site(heads, q, k, v, past_k, past_v, present_k, present_v, mask, scale, softcap, _rotary(cos),
+                (flat_q, flat_k, flat_v))
 
 
 def _shared(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -183,11 +214,11 @@ class Tables:
         if not self.values:
             self.values = (next(v for v in g.inputs if v.name == "position_ids"), *self._lengths())
         if key not in self.pairs:
-            # the first pair keeps the plain names; a Gemma 3 local table is qpasses.rope.1.cos, ...
-            prefix = "qpasses.rope." + (f"{len(self.pairs)}." if self.pairs else "")
+            # the first pair keeps the plain names; a Gemma 3 local table is qpasses.rope.cos.1, ...
+            suffix = f".{len(self.pairs)}" if self.pairs else ""
             freqs = np.arange(self.max_positions, dtype=np.float32)[:, None] * rotary.inv_freq[None, :]
             self.pairs[key] = tuple(
-                _shared(g, prefix + name, (np.float32(rotary.factor) * fn(freqs)).astype(np.float32))
+                _shared(g, f"qpasses.rope.{name}{suffix}", (np.float32(rotary.factor) * fn(freqs)).astype(np.float32))
                 for name, fn in (("cos", np.cos), ("sin", np.sin)))
         return (*self.pairs[key], *self.values)
 
@@ -235,13 +266,16 @@ class GroupQueryAttentionFusion(RewriteRuleClassBase):
         site = match(_softmax(probs), v_rep, out.graph)
         cos, sin, positions, seqlens, total = self.tables.get(site.rotary)
         kv_heads = site.past_k.shape[1]
+        q, k, v = (x if flat else op.Reshape(op.Transpose(x, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))
+                   for x, flat in zip((site.q, site.k, site.v), site.flat))
         # Rotary as its own op, at the graph's position_ids (GQA's built-in rotary counts
         # positions from the cache length, which left padding shifts).
         q, k = (op.RotaryEmbedding(x, positions, cos, sin, _domain=MS, num_heads=n)
-                for x, n in ((site.q, site.heads), (site.k, kv_heads)))
+                for x, n in ((q, site.heads), (k, kv_heads)))
+        softcap = {"softcap": site.softcap} if site.softcap else {}
         y, present_k, present_v = op.GroupQueryAttention(
-            q, k, site.v, site.past_k, site.past_v, seqlens, total, None, None, None, site.mask, _domain=MS,
-            num_heads=site.heads, kv_num_heads=kv_heads, scale=site.scale, _outputs=3)
+            q, k, v, site.past_k, site.past_v, seqlens, total, None, None, None, site.mask, _domain=MS,
+            num_heads=site.heads, kv_num_heads=kv_heads, scale=site.scale, **softcap, _outputs=3)
         y.producer().name = f"{out.name}.gqa"
         for old, new in ((site.present_k, present_k), (site.present_v, present_v)):  # the cache outputs
             name, old.name = old.name, None

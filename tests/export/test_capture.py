@@ -138,18 +138,16 @@ def test_set_parameter_keeps_its_copy_in_a_mapped_file(programs):
         assert torch.equal(programs.logits.module()(ids, mask), before)
 
 
-def test_a_model_torch_export_cannot_trace_is_one_line_naming_the_feature():
-    from transformers import MistralConfig, MistralForCausalLM
-
+def test_a_model_torch_export_cannot_trace_is_one_line_naming_the_program(tiny, monkeypatch):
     from qpasses.errors import InputError
 
-    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, sliding_window=16)
-    torch.manual_seed(0)
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Constraints violated (sequence_length)!\nthe details")
+
+    monkeypatch.setattr(torch.export, "export", refuse)
     with pytest.raises(InputError) as err:
-        capture(MistralForCausalLM(cfg).eval())
+        capture(tiny)
     message = str(err.value)
     assert "\n" not in message
-    assert "KV-cache step program of this mistral model" in message
-    assert "sliding-window attention (sliding_window = 16) is not supported yet" in message
-    assert "sliding_window = null in config.json" in message and "docs/families.md" in message
+    assert "cannot capture the logits program of this llama model" in message
+    assert "torch says: Constraints violated (sequence_length)!" in message and "docs/families.md" in message
