@@ -259,7 +259,7 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes) ->
     optimized weights' layer errors (rtn vs optimized), the model's provenance and tool versions."""
     return {
         "recipe": {"name": recipe.name, "sha256": recipe.sha256, "text": recipe.text},
-        "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
+        "passes": [r.to_json() for r in results],
         "model": {"name": loaded.name, "kind": loaded.kind, "source": {k: str(v) for k, v in loaded.source.items()}},
         **notes.to_json(),
         "versions": json.loads(metadata["qpasses.versions"]),

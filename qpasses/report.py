@@ -89,7 +89,7 @@ def build(opts, out: Path, recipe, loaded, results, ppl, evaluator, quantize_sec
         "weight_count": count,
         "stored_weight_bytes": stored,
         "bits_per_weight": 8 * stored / count,
-        "passes": [{"name": r.name, "rewrites": r.rewrites, "seconds": round(r.seconds, 3)} for r in results],
+        "passes": [r.to_json() for r in results],
         "unquantized_sites": unquantized_sites or [],
         "quantize_seconds": round(quantize_seconds, 2),
         "total_seconds": round(total_seconds, 2),

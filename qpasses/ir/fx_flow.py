@@ -32,6 +32,7 @@ aten = torch.ops.aten
 ASSERT = aten._assert_tensor_metadata.default
 SAME = {aten.to.dtype, aten.clone.default, aten.alias.default, aten.contiguous.default}
 LINEAR = aten.linear.default
+VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 
 
 def _rank(node: torch.fx.Node) -> int:
@@ -94,7 +95,7 @@ def residual_stream(ep: ExportedProgram) -> Stream:
 def _residual_rule(ep, node, state, stream) -> str | None:
     t, args = node.target, node.args
     s = [state.get(a) if isinstance(a, torch.fx.Node) else None for a in args]
-    if (t in SAME and float_cast(node)) or token_slice(node):
+    if (t in SAME and float_cast(node)) or token_op(node):
         return s[0]
     if t is aten.pow.Tensor_Scalar and s[0] == "R" and args[1] == 2:
         return "SQ"
@@ -122,9 +123,13 @@ def _residual_rule(ep, node, state, stream) -> str | None:
     return None
 
 
-def token_slice(node) -> bool:
-    """A slice of tokens (any dim but the last): the lm_head's `hidden[:, -k:]`."""
-    return node.target is aten.slice.Tensor and not is_last(node.args[1], _rank(node.args[0]))
+def token_op(node) -> bool:
+    """An op that selects or regroups tokens and leaves each token's channels as they are: a slice on
+    any dim but the last (the lm_head's `hidden[:, -k:]`), a view keeping the last dim (GPT-2's
+    [B·S, H] <-> [B, S, H])."""
+    if node.target is aten.slice.Tensor:
+        return not is_last(node.args[1], _rank(node.args[0]))
+    return node.target in VIEWS and str(node.meta["val"].shape[-1]) == str(node.args[0].meta["val"].shape[-1])
 
 
 def linear_readers(node) -> list[torch.fx.Node] | None:
@@ -134,7 +139,7 @@ def linear_readers(node) -> list[torch.fx.Node] | None:
     for u in non_meta_users(node):
         if u.target is LINEAR and u.args[0] is node:
             found.append(u)
-        elif (u.target in SAME and float_cast(u)) or token_slice(u):
+        elif (u.target in SAME and float_cast(u)) or token_op(u):
             more = linear_readers(u)
             if more is None:
                 return None
@@ -272,6 +277,6 @@ def norm_output(node) -> bool:
 
 
 def skip_casts(node):
-    while isinstance(node, torch.fx.Node) and (node.target in SAME or token_slice(node)):
+    while isinstance(node, torch.fx.Node) and (node.target in SAME or token_op(node)):
         node = node.args[0]
     return node

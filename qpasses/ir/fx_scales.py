@@ -22,7 +22,7 @@ import torch
 from torch.export import ExportedProgram
 
 from qpasses.ir.fx_edit import non_meta_users, parameter_of
-from qpasses.ir.fx_flow import LINEAR, SAME, float_cast, is_last, skip_casts, token_slice
+from qpasses.ir.fx_flow import LINEAR, SAME, float_cast, is_last, skip_casts, token_op
 from qpasses.numerics.rotation import Rotation
 
 aten = torch.ops.aten
@@ -43,7 +43,7 @@ def only_read_by(node: torch.fx.Node, allowed: set) -> bool:
     for u in non_meta_users(node):
         if u in allowed:
             continue
-        if not ((u.target in SAME and float_cast(u)) or token_slice(u)) or not only_read_by(u, allowed):
+        if not ((u.target in SAME and float_cast(u)) or token_op(u)) or not only_read_by(u, allowed):
             return False
     return True
 

@@ -25,10 +25,15 @@ class PassResult:
     name: str
     rewrites: dict[str, int]
     seconds: float = 0.0
+    not_applied: str | None = None  # why a pass that expects rewrites changed nothing, and was let go on
 
     @property
     def total(self) -> int:
         return sum(self.rewrites.values())
+
+    def to_json(self) -> dict:
+        out = {"name": self.name, "rewrites": self.rewrites, "seconds": round(self.seconds, 3)}
+        return out | ({"not_applied": self.not_applied} if self.not_applied else {})
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,10 @@ class PassManager:
             ctx.ignore = recipe_ignore
         if p.changes_activations and ctx.calibration is not None:
             ctx.calibration.invalidate()  # statistics of the old activations can never be asked for again
-        result = PassResult(p.name, counts, time.perf_counter() - t)
-        if p.expects_rewrites and result.total == 0:
+        result = PassResult(p.name, counts, time.perf_counter() - t, ctx.notes.not_applied.get(p.name))
+        if result.not_applied:
+            self.log(f"warning: {p.name} did not apply: {result.not_applied}")
+        elif p.expects_rewrites and result.total == 0:
             raise NoMatchError(
                 f"pass {p.name!r} rewrote nothing: no linear site matched. The graph has {len(graph.sites())} linear "
                 f"site(s); ignore patterns {list(ctx.ignore + p.ignore)}. Check the model and the recipe's ignore list."

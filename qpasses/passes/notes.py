@@ -23,6 +23,9 @@ class Notes:
     lowrank_budget: dict[str, object] = field(default_factory=dict)
     # lower_linears: the session config entries onnxruntime must be given (also in the ONNX metadata)
     ort: dict[str, dict] = field(default_factory=dict)
+    # a pass that found its sites but could apply at none of them (smooth_inputs on a GELU MLP):
+    # pass name -> why; the run goes on without it, with a warning
+    not_applied: dict[str, str] = field(default_factory=dict)
     # fuse_attention / fuse_rotations: pass name -> why the first sites left unfused stayed so
     misses: dict[str, list[str]] = field(default_factory=dict)
     # fuse_attention: the positions the decoder serves, {"model": max_position_embeddings (None: not

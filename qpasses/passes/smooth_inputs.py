@@ -6,7 +6,9 @@ through a relu; ir.fx_scales), s into the reading weights' columns, before an on
 already in front of them (scale-then-rotate). Which inputs, by pattern, as in rotate_inputs:
 `other` (down_proj, the SmoothRot default), `norm` (q/k/v, gate/up). An input whose producer cannot
 absorb 1/s (an attention output) is left unscaled and listed in manifest.json (`smoothing.skipped`);
-none at all is an error, and so is a tied lm_head whose producer could take the scales.
+when no input can (GPT-2's and Falcon's GELU MLPs) the pass does not apply, says why in the report
+(`not_applied`) and the run goes on; no input of the classes at all is an error, and so is a tied
+lm_head whose producer could take the scales.
 
 The scales come from a ladder of policies, each measured by the layer error through the
 deployment quantizers (`format`) and R on calibration tokens, and reported on held-out tokens:
@@ -130,12 +132,18 @@ class SmoothInputs(Pass):
 
     def run(self, graph, ctx):
         groups, skipped = self._groups(graph, ctx)
-        if not groups:
-            why = f"; {len(skipped)} had no producer able to absorb 1/s ({', '.join(skipped[:3])})" if skipped else ""
-            raise RecipeError(f"smooth_inputs found no linear reading {' or '.join(self.settings.inputs)} inputs{why}")
-        self._measure(graph, ctx, groups)
         notes = ctx.notes.smoothing
         notes.setdefault("skipped", skipped)
+        inputs = " or ".join(self.settings.inputs)
+        if not groups and not skipped:
+            raise RecipeError(f"smooth_inputs found no linear reading {inputs} inputs")
+        if not groups:  # e.g. GELU between fc1 and fc2: the rotation in front stays, unscaled
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            ctx.notes.not_applied[self.name] = (
+                f"no producer of the {inputs} inputs can absorb 1/s ({', '.join(skipped[:3])}{more}: not a norm, "
+                f"a linear's rows nor a relu of them), so no scales; the linears stay as they were")
+            return {}
+        self._measure(graph, ctx, groups)
         counts: Counter[str] = Counter()
         for cls in CLASSES:
             members = [g for g in groups if g.cls == cls]

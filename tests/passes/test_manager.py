@@ -66,6 +66,15 @@ def test_zero_rewrites_is_an_error_unless_declared_optional():
     manager([make_pass("a", ("fx",), count=0, expects=False)]).run(FakeGraph("fx"), Context())
 
 
+def test_a_pass_that_says_why_it_did_not_apply_is_let_go_on_with_a_warning():
+    ctx, said = Context(), []
+    ctx.notes.not_applied["a"] = "no producer can absorb 1/s"
+    m = PassManager([make_pass("a", ("fx",), count=0)], to_onnx=lambda g: FakeGraph("onnx"), log=said.append)
+    _, results = m.run(FakeGraph("fx"), ctx)
+    assert results[0].to_json()["not_applied"] == "no producer can absorb 1/s"
+    assert "warning: a did not apply: no producer can absorb 1/s" in said
+
+
 def test_failures_name_the_passes_already_run():
     with pytest.raises(PostconditionError, match=r"broken promise \(in pass 'b'; passes already run: a\)"):
         manager([make_pass("a", ("fx",)), make_pass("b", ("fx",), ensures_ok=False)]).run(FakeGraph("fx"), Context())

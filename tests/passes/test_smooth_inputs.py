@@ -101,6 +101,20 @@ def test_fused_gate_up_and_relu_producers_keep_logits(family):
     assert not any(s.startswith("lm_head") for s in ctx.notes.smoothing["skipped"])
 
 
+@pytest.mark.parametrize("family", ["gpt2", "falcon"])
+def test_a_gelu_mlp_leaves_nothing_to_smooth_and_the_pass_says_why(family):
+    """gelu(z)/s ≠ gelu(z/s): fc2 / c_proj have no producer, attention outputs neither; the pass does
+    not apply (the manager lets it go on with a warning) and changes nothing."""
+    m, _ = build_family(family)
+    with torch.no_grad():
+        ref = m(input_ids=IDS, attention_mask=torch.ones_like(IDS)).logits.numpy()
+    graph, counts, ctx = transform(m, [("rotate_inputs", {}), ("smooth_inputs", {})])
+    assert counts["smooth_inputs"] == {}
+    assert "can absorb 1/s" in ctx.notes.not_applied["smooth_inputs"]
+    assert len(ctx.notes.smoothing["skipped"]) == 4  # attention output and MLP output, 2 layers
+    assert rel(logits(graph), ref) < 1e-5
+
+
 class _FusedPair(torch.nn.Module):
     """y = down(relu(h[:, :8]) ⊙ h[:, 8:]) with h = fused(x); `overlap` also returns h[:, 4:12]."""
 
