@@ -26,6 +26,33 @@ from qpasses.models.families import FAMILIES, save_family
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "bench" / "results" / "families"
 RECIPES = ("int4-w4a16-rtn", "int4-w4a16", "mxfp4-w4a4")
+HOW = """## How a family's structure is read
+
+Nothing is recognized by module name; each part is found as what it computes.
+
+- **Linears**: every product of an activation by a parameter matrix becomes one `aten.linear` right
+  after capture (`qpasses/export/canonical_linears.py`): `nn.Linear`, GPT-2's `Conv1D` (`addmm` with a
+  [in, out] weight, held transposed from then on), Falcon's `x @ W.T` (+ bias). Fused projections
+  (Phi-3's `qkv_proj` and `gate_up_proj`, GPT-2's `c_attn`, Falcon's `query_key_value`) stay fused;
+  smoothing scales the rows of the piece it needs.
+- **lm_head**: the linear that produces the logits output (so `ignore = ["lm_head"]` also keeps an
+  anonymous `val_451` or `onnx::MatMul_767` of a foreign ONNX file in float).
+- **Norms**: RMSNorm (`x·rsqrt(mean(x²) + eps)·γ`), Gemma's `(1 + γ)` variant and LayerNorm with
+  bias; smoothing folds 1/s into γ (and β).
+- **Attention**: the KV-cache graph's attention fuses into `GroupQueryAttention` with its mask
+  (causal, or sliding window: mistral-sliding, Gemma 2 / 3's local layers, captured with a full KV cache
+  and the window in the mask, so the present cache is past + seq on every layer, never cropped),
+  Gemma 2's soft-capping (`softcap`), q / k norms, and one rotary table pair per distinct rotary
+  (default, linear, Llama 3, YaRN with its attention factor); sized from `max_position_embeddings`
+  (docs/evaluation.md). Rotaries that change with the position (dynamic, LongRoPE) and GPT-2's learned
+  positions stay as exported, with the reason in the manifest's `misses`.
+- **Where a method cannot apply**: smoothing leaves a site whose producer cannot absorb 1/s
+  (an attention output, a GELU) unscaled and lists it (`smoothing.skipped`); where no site can take
+  it (GPT-2 and Falcon: GELU MLPs) the pass does not apply, and the report says so
+  (`passes[].not_applied`, a warning). A linear the recipe meant to quantize but that is still float
+  after lowering stops the run (exit 2, one line naming it); the ones kept on purpose are in
+  report.json's `unquantized_sites`.
+""".splitlines()
 
 
 def compile_one(folder: Path, recipe: str, out: Path, linears: int) -> str:
@@ -78,10 +105,7 @@ def main() -> None:
           "line.", "",
           "| family | " + " | ".join(recipes) + " |", "|---|" + "---|" * len(recipes)]
     md += [f"| {family} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for family, cells in rows]
-    md += ["", "Sliding-window attention (mistral-sliding; gemma2 and gemma3's local layers) is captured with a full "
-           "KV cache and the window in the attention mask (qpasses/export/capture.py): the decoder graph's present "
-           "is past + seq on every layer, as for full attention, never cropped to the window. Gemma's attention "
-           "soft-capping becomes GroupQueryAttention's softcap; its q / k norms and local rotary base fuse too."]
+    md += ["", *HOW]
     args.table.write_text("\n".join(md) + "\n")
     print(f"saved {args.table}")
 
