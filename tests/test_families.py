@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import qpasses
+from qpasses.evaluate.decoder import Decoder
 from qpasses.models.families import FAMILIES, save_family
 from qpasses.runtime.ort import session
 
@@ -64,20 +65,13 @@ def test_every_linear_is_lowered_and_ort_equals_stage_a(compiled, family, recipe
 
 @pytest.mark.parametrize("family, recipe", cases())
 def test_decoder_steps_equal_the_full_graph(compiled, family, recipe):
+    """A prefill of 8 tokens from an empty cache, then one token per step, by `qpasses generate`'s decoder."""
     out, _ = compiled(family, recipe)
-    full, step = session(out / "model.onnx", threads=1), session(out / "decoder_model.onnx", threads=1)
-    inputs = {i.name: i for i in step.get_inputs()}
-    past_names = [n for n in inputs if n.startswith("past_key_values.")]
     ids = np.random.default_rng(3).integers(3, 259, (1, 12))
-    past = {n: np.zeros((1, inputs[n].shape[1], 0, inputs[n].shape[3]), np.float32) for n in past_names}
-    expected = full.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
-    at = 8  # a prefill of 8 tokens from an empty cache, then one token per step
-    while at <= ids.shape[1]:
-        start = 0 if at == 8 else at - 1
-        feed = {"input_ids": ids[:, start:at], "attention_mask": np.ones((1, at), np.int64), **past}
-        if "position_ids" in inputs:
-            feed["position_ids"] = np.arange(start, at)[None]
-        logits, *present = step.run(None, feed)
-        np.testing.assert_allclose(logits[:, -1], expected[:, at - 1], atol=1e-4, rtol=1e-4)
-        past = dict(zip(past_names, present))
-        at += 1
+    expected = session(out / "model.onnx", threads=1).run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    decoder = Decoder(session(out / "decoder_model.onnx", threads=1))
+    logits, past = decoder.run(ids[0, :8].tolist(), None, 0)
+    np.testing.assert_allclose(logits, expected[0][0, 7], atol=1e-4, rtol=1e-4)
+    for at in range(8, ids.shape[1]):
+        logits, past = decoder.run([int(ids[0, at])], past, at)
+        np.testing.assert_allclose(logits, expected[0][0, at], atol=1e-4, rtol=1e-4)

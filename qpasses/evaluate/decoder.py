@@ -32,6 +32,7 @@ class Decoder:
         if not self.past or "input_ids" not in inputs:
             raise InputError("this graph is not a KV-cache step graph: it has no past_key_values.* inputs")
         self.present = [p.replace("past_key_values.", "present.") for p in self.past]
+        self.positions = "position_ids" in inputs  # an exporter may drop an input the graph never reads
         shape = inputs[self.past[0]].shape
         self.empty = np.zeros((1, shape[1], 0, shape[3]), np.float32)  # [batch, kv_heads, 0, head_dim]
         self.binding = sess.io_binding()
@@ -40,8 +41,9 @@ class Decoder:
     def run(self, tokens: list[int], past: list | None, start: int):
         """One forward pass: (logits of the last position, present KV as OrtValues or numpy arrays)."""
         n = len(tokens)
-        feeds = {"input_ids": np.array([tokens], np.int64), "attention_mask": np.ones((1, start + n), np.int64),
-                 "position_ids": np.arange(start, start + n, dtype=np.int64)[None]}
+        feeds = {"input_ids": np.array([tokens], np.int64), "attention_mask": np.ones((1, start + n), np.int64)}
+        if self.positions:
+            feeds["position_ids"] = np.arange(start, start + n, dtype=np.int64)[None]
         past = past if past is not None else [self.empty] * len(self.past)
         if not self.iobinding:
             feeds.update(zip(self.past, past))
