@@ -211,8 +211,6 @@ class Tables:
     def get(self, rotary: Rotary) -> tuple[ir.Value, ...]:
         """(cos, sin, position_ids, seqlens_k, total_sequence_length)."""
         g, key = self.graph, (rotary.inv_freq.tobytes(), rotary.factor)
-        if not self.values:
-            self.values = (next(v for v in g.inputs if v.name == "position_ids"), *self._lengths())
         if key not in self.pairs:
             # the first pair keeps the plain names; a Gemma 3 local table is qpasses.rope.cos.1, ...
             suffix = f".{len(self.pairs)}" if self.pairs else ""
@@ -220,6 +218,8 @@ class Tables:
             self.pairs[key] = tuple(
                 _shared(g, f"qpasses.rope.{name}{suffix}", (np.float32(rotary.factor) * fn(freqs)).astype(np.float32))
                 for name, fn in (("cos", np.cos), ("sin", np.sin)))
+        if not self.values:  # after the first tables: the initializers keep the order they always had
+            self.values = (next(v for v in g.inputs if v.name == "position_ids"), *self._lengths())
         return (*self.pairs[key], *self.values)
 
     def _lengths(self) -> tuple[ir.Value, ir.Value]:
