@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/families.py                         # every family x int4-w4a16-rtn, int4-w4a16, mxfp4-w4a4
     .venv/bin/python bench/families.py --families gpt2 opt --recipes int4-w4a16-rtn
+    .venv/bin/python bench/families.py --families                # rebuild docs/families.md only
 
 Each family is the tiny seeded model of qpasses.models.families (hidden 64, 2 layers, 4 heads, 2 KV
 heads where the family has them, vocabulary 512, byte tokenizer), saved once under
@@ -44,8 +45,10 @@ Nothing is recognized by module name; each part is found as what it computes.
   and the window in the mask, so the present cache is past + seq on every layer, never cropped),
   Gemma 2's soft-capping (`softcap`), q / k norms, and one rotary table pair per distinct rotary
   (default, linear, Llama 3, YaRN with its attention factor); sized from `max_position_embeddings`
-  (docs/evaluation.md). Rotaries that change with the position (dynamic, LongRoPE) and GPT-2's learned
-  positions stay as exported, with the reason in the manifest's `misses`.
+  ([evaluation.md](evaluation.md)). Rotaries that change with the position (dynamic, LongRoPE) stay
+  as exported, and so does the attention of GPT-2 (learned positions, no rotary), OPT (its scale
+  applied to q before the product) and Falcon (its own layout), the reason in the manifest's
+  `misses`: those decode correctly, with the cache rebuilt every step (slower).
 - **Where a method cannot apply**: smoothing leaves a site whose producer cannot absorb 1/s
   (an attention output, a GELU) unscaled and lists it (`smoothing.skipped`); where no site can take
   it (GPT-2 and Falcon: GELU MLPs) the pass does not apply, and the report says so
@@ -74,7 +77,8 @@ def compile_one(folder: Path, recipe: str, out: Path, linears: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES),
+                    help="families to run (default: all; none: only rebuild the table from the kept cells)")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES))
     ap.add_argument("--table", type=Path, default=ROOT / "docs" / "families.md")
     args = ap.parse_args()
