@@ -44,7 +44,8 @@ Nothing is recognized by module name; each part is found as what it computes.
   (causal, or sliding window: mistral-sliding, Gemma 2 / 3's local layers, captured with a full KV cache
   and the window in the mask, so the present cache is past + seq on every layer, never cropped),
   Gemma 2's soft-capping (`softcap`), q / k norms, and one rotary table pair per distinct rotary
-  (default, linear, Llama 3, YaRN with its attention factor); sized from `max_position_embeddings`
+  (default, linear, Llama 3, YaRN with its attention factor; a partial rotary as RotaryEmbedding's
+  `rotary_embedding_dim`); sized from `max_position_embeddings`
   ([evaluation.md](evaluation.md)). Rotaries that change with the position (dynamic, LongRoPE) stay
   as exported, and so does the attention of GPT-2 (learned positions, no rotary), OPT (its scale
   applied to q before the product) and Falcon (its own layout), the reason in the manifest's

@@ -8,7 +8,8 @@ layer, three after the rewrite.
 Identity relied on: for q, k, v = the projections [B, S, H·D], the cache past_k / past_v
 [B, Hkv, P, D], mask = the graph's additive attention mask [B, 1, S, P+S], p = position_ids and
 rope(x) = a·(x·cos(p·f) + rotate_half(x)·sin(p·f)) = RotaryEmbedding(x, p, a·cos_cache, a·sin_cache)
-(a: YaRN's attention factor, else 1),
+(a: YaRN's attention factor, else 1; a partial rotary rotates the first r channels,
+Concat(rope(x[..., :r]), x[..., r:]) = RotaryEmbedding(.., rotary_embedding_dim = r)),
   softmax(cap(scale · rope(q) · repeat(concat(past_k, rope(k)))ᵀ) + mask) · repeat(concat(past_v, v))
   == GroupQueryAttention(rope(q), rope(k), v, past_k, past_v, seqlens_k = P+S−1, total = P+S,
                          attention_bias = mask, softcap = c)
@@ -97,13 +98,46 @@ def _softcap(x: ir.Value) -> tuple[ir.Value, float]:
 
 
 def _rope(x: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """x = Add(Mul(h, cos), Mul(Concat(Neg(h_hi), h_lo), sin)) -> (h, cos, sin)."""
-    add = producer(x, "Add")
+    """x = Add(Mul(h, cos), Mul(Concat(Neg(h_hi), h_lo), sin)) -> (h, cos, sin); a partial rotary
+    x = Concat(rope(h[..., :r]), h[..., r:]) -> (h, cos, sin) with cos [.., r/2]."""
+    whole = _partial(x)
+    add = producer(x if whole is None else x.producer().inputs[0], "Add")
     left, right = (producer(v, "Mul") for v in add.inputs)
     h, cos = left.inputs
     cat = producer(right.inputs[0], "Concat")
     producer(cat.inputs[0], "Neg")
+    if whole is not None and _last_slice(h) != (whole[0], 0, whole[1]):
+        raise NoMatch(f"{x.name}: the rotated part is not the first channels of what the rest is sliced from")
+    h = h if whole is None else whole[0]
     return h, producer(cos, "Unsqueeze").inputs[0], producer(right.inputs[1], "Unsqueeze").inputs[0]
+
+
+def _last_slice(v: ir.Value) -> tuple[ir.Value, int, int] | None:
+    """(data, start, end) when v = Slice(data, start, end) on the last axis, step 1; else None."""
+    node = v.producer()
+    if node is None or node.op_type != "Slice" or node.domain != "" or len(node.inputs) < 4:
+        return None
+    parts = [_scalar(a) if a is not None else np.ones(1, np.int64) for a in (*node.inputs[1:5], None)[:4]]
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+    if any(p is None or p.size != 1 for p in parts) or rank is None:
+        return None
+    start, end, axis, step = (int(p.reshape(())) for p in parts)
+    return (node.inputs[0], start, end) if axis % rank == rank - 1 and step == 1 else None
+
+
+def _scalar(v: ir.Value) -> np.ndarray | None:
+    """A constant, or a constant reshaped (the exporter writes Slice's starts as Reshape(c, [-1]))."""
+    node = v.producer()
+    return constant(node.inputs[0]) if node is not None and node.op_type == "Reshape" else constant(v)
+
+
+def _partial(x: ir.Value) -> tuple[ir.Value, int] | None:
+    """(h, r) when x = Concat(rotated, h[..., r:]) on the last axis (a partial rotary); else None."""
+    cat = x.producer()
+    if cat is None or cat.op_type != "Concat" or len(cat.inputs) != 2 or cat.attributes.get_int("axis") not in (-1, 3):
+        return None
+    rest = _last_slice(cat.inputs[1])
+    return (rest[0], rest[1]) if rest is not None and rest[1] > 0 else None
 
 
 def _rotary(cos: ir.Value) -> Rotary:
@@ -270,7 +304,9 @@ class GroupQueryAttentionFusion(RewriteRuleClassBase):
                    for x, flat in zip((site.q, site.k, site.v), site.flat))
         # Rotary as its own op, at the graph's position_ids (GQA's built-in rotary counts
         # positions from the cache length, which left padding shifts).
-        q, k = (op.RotaryEmbedding(x, positions, cos, sin, _domain=MS, num_heads=n)
+        head_size, rotated = site.past_k.shape[3], 2 * site.rotary.inv_freq.size
+        partial = {"rotary_embedding_dim": rotated} if rotated < head_size else {}  # the rest passes through
+        q, k = (op.RotaryEmbedding(x, positions, cos, sin, _domain=MS, num_heads=n, **partial)
                 for x, n in ((q, site.heads), (k, kv_heads)))
         softcap = {"softcap": site.softcap} if site.softcap else {}
         y, present_k, present_v = op.GroupQueryAttention(

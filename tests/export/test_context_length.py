@@ -156,3 +156,18 @@ def test_rotary_scalings_fuse_into_the_tables_or_stay_unfused_with_the_reason(ki
         assert ctx.notes.max_context == {}
     else:
         assert "fuse_attention" not in ctx.notes.misses
+
+
+def test_a_partial_rotary_fuses_with_its_rotary_dimension():
+    """Phi-3 with partial_rotary_factor 0.5 rotates the first 8 of 16 channels per head:
+    Concat(rope(x[..., :8]), x[..., 8:]) = RotaryEmbedding(x, rotary_embedding_dim = 8)."""
+    from qpasses.models.families import build_family
+
+    model, _ = build_family("phi3", partial_rotary_factor=0.5)
+    ctx = Context(positions=positions(SimpleNamespace(model=model), None))
+    decoder = to_onnx(capture(model)).decoder
+    fused, counts = fuse(decoder, ctx, max_positions=64)
+    assert counts == {"fuse.group_query_attention": 2}
+    assert {n.attributes["rotary_embedding_dim"].value for n in fused.graph if n.op_type == "RotaryEmbedding"} == {8}
+    ids = torch.randint(3, 259, (2, 6), generator=torch.Generator().manual_seed(9))
+    np.testing.assert_allclose(steps(session(fused), ids, 58), steps(session(decoder), ids, 58), atol=1e-4, rtol=0)
