@@ -15,6 +15,17 @@ from qpasses.passes.registry import PASSES
 IDS = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(1))
 
 
+class LogitsOnly(torch.nn.Module):
+    """forward(input_ids, attention_mask) -> logits, the interface of a deployed model.onnx."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+
 class Windows(CalibrationSource):
     """Calibration on random byte windows, no text needed."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from fx_helpers import LogitsOnly
 from onnx import numpy_helper
 from onnx_builders import FOREIGN_LINEARS, FOREIGN_LM_HEAD, foreign_lm
 
@@ -99,21 +100,13 @@ def test_a_legacy_torch_onnx_export_compiles_with_its_anonymous_lm_head_kept_flo
 
     from qpasses.models.tiny import build_byte_tokenizer, build_tiny_llama
 
-    class Logits(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, ids, mask):
-            return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-
     folder = tmp_path / "legacy"
     folder.mkdir()
     ids = torch.randint(3, 259, (1, 8), generator=torch.Generator().manual_seed(0))
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Logits(build_tiny_llama()), (ids, torch.ones_like(ids)), str(folder / "model.onnx"),
+        torch.onnx.export(LogitsOnly(build_tiny_llama()), (ids, torch.ones_like(ids)), str(folder / "model.onnx"),
                           dynamo=False, input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes=axes, opset_version=17)
     build_byte_tokenizer().save_pretrained(str(folder))

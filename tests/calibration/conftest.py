@@ -7,19 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from fx_helpers import LogitsOnly
 
 from qpasses.models.tiny import build_tiny_llama
 
 N_WINDOWS, WINDOW = 6, 16  # 96 tokens; batch_size 4 gives batches of 4 and 2 windows
-
-
-class LogitsOnly(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fx_helpers import LogitsOnly
 
 from qpasses.errors import InputError
-
-
-class LogitsOnly(torch.nn.Module):
-    """forward(input_ids, attention_mask) -> logits, the interface of a deployed model.onnx."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
 @dataclass
