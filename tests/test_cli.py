@@ -54,7 +54,7 @@ def test_run_writes_the_deployment_and_a_complete_report(int4_run):
     rewrites = [p["rewrites"] for p in r["passes"]]
     assert rewrites[0] == {"rtn.int4_sym_g128": 14}  # 2 layers x 7 linears; lm_head ignored
     assert rewrites[3:] == [{"fuse.MatMulInt4x3": 2, "fuse.MatMulInt4x2": 2},  # q/k/v and gate/up per layer
-                            {"fuse.skip_rms_norm": 4}, {"fuse.group_query_attention": 2}]
+                            {"fuse.skip_rms_norm": 4}, {"fuse.group_query_attention": 2, "past_length.from_mask": 2}]
 
 
 def test_eval_json_matches_the_report(int4_run, text, capsys):

@@ -8,8 +8,10 @@ The rotary cos/sin tables have one row per position the decoder can be fed (Rota
 refuses a position_ids value beyond them): the model's max_position_embeddings (ctx.positions,
 from its config), or the recipe's `max_positions` when set, capped by `--max-context N`; 8192 when
 neither is known (an ONNX input). The choice goes to the manifest (`max_context`) and the folder's
-README. A model whose rotary frequencies change with the position (rope_scaling "dynamic",
-"longrope") keeps its exported rotary: one table cannot represent it.
+README. Once an attention is fused, the graph reads the past's length from the attention mask
+(rules/past_length.py), so a runner may share one buffer between past and present. A model whose
+rotary frequencies change with the position (rope_scaling "dynamic", "longrope") keeps its
+exported rotary: one table cannot represent it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from qpasses.ir.cleanup import finalize
 from qpasses.passes.base import Pass, Positions
 from qpasses.rules.apply import apply_in_order, failures
 from qpasses.rules.group_query_attention import rules
+from qpasses.rules.past_length import rules as past_length_rules
 
 DEFAULT_POSITIONS = 8192  # rotary rows when neither the recipe nor the model's config says
 POSITION_DEPENDENT = ("dynamic", "longrope")  # rotary kinds whose frequencies change with the position
@@ -70,6 +73,7 @@ class FuseAttention(Pass):
         rule_set = rules(g, rows)
         counts = apply_in_order(model, rule_set)
         if counts:
+            counts.update(apply_in_order(model, past_length_rules()))
             RemoveUnusedNodesPass()(model)
             ctx.notes.max_context = {"model": p.model, "recipe": self.settings.max_positions, "cap": p.cap,
                                      "rotary_rows": rows}
