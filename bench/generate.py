@@ -1,7 +1,7 @@
 """Whole-model generation speed of deployed qpasses folders (SmolLM2-135M) in onnxruntime, batch 1.
 
 For every folder (`qpasses run` output) and thread count this measures, with the folder's KV-cache
-step graph `decoder_model.onnx` (session from `qpasses.runtime.session`, ORT_ENABLE_ALL plus the
+step graph `model.onnx` (session from `qpasses.runtime.session`, ORT_ENABLE_ALL plus the
 model's own `qpasses.ort` metadata):
 
 * decode: a fixed 16-token prompt goes through the decoder with an empty past, then N single-token
@@ -12,8 +12,8 @@ model's own `qpasses.ort` metadata):
   and context it measured ~1 ms/token slower (121 bind calls per step cost ~0.5 ms of Python, and the
   bound run itself was ~0.6 ms slower), so it is not the default. The table splits each step into the
   time inside onnxruntime's run call and the rest (Python: feeds, argmax).
-* prefill: one 512-token prompt (`--prompt`) through the same decoder graph with an empty past
-  (not model.onnx); tokens/s = prompt tokens / time. The graph computes logits for every position
+* prefill: one 512-token prompt (`--prompt`) through the same graph with an empty past;
+  tokens/s = prompt tokens / time. The graph computes logits for every position
   (llama-bench's pp only for the last one): with a float lm_head that is ~29 GFLOP of the work.
 
 Rounds are interleaved: each round runs every (threads, variant) pair once, in an order rotated from round
@@ -93,7 +93,7 @@ def speed(folders: dict[str, Path], prompts, args) -> list[dict]:
     decoders = {}
     for t, name in pairs:
         log(f"session {name} ({folders[name]}), {t} thread(s); warm-up")
-        dec = Decoder(qpasses.runtime.session(folders[name] / "decoder_model.onnx", threads=t), args.iobinding)
+        dec = Decoder(qpasses.runtime.session(folders[name] / "model.onnx", threads=t), args.iobinding)
         dec.generate(decode_prompt, 8)
         dec.prefill(prefill_prompt)
         decoders[t, name] = dec
@@ -127,7 +127,7 @@ def speed(folders: dict[str, Path], prompts, args) -> list[dict]:
 
 def profile(folder: Path, decode_prompt: list[int], steps: int) -> dict:
     """ORT profile of `steps` decode steps at 1 thread, summed by op type; node counts of the optimized graph."""
-    path = folder / "decoder_model.onnx"
+    path = folder / "model.onnx"
     SCRATCH.mkdir(parents=True, exist_ok=True)
 
     def options() -> ort.SessionOptions:
@@ -214,7 +214,7 @@ def profile_tables(p: dict) -> str:
               *([f"| ORT run call without the profiler (speed table, 1 thread) | | {p['unprofiled_us']:.0f} | | |"]
                 if p.get("unprofiled_us") else []), "",
               "Slowest single nodes: " + "; ".join(f"{n} ({op}) {us:.0f} µs" for (op, n), us in p["top_nodes"]), "",
-              f"Optimized graph: {p['optimized_total']} nodes (decoder_model.onnx: {p['original_total']}).", "",
+              f"Optimized graph: {p['optimized_total']} nodes (model.onnx: {p['original_total']}).", "",
               "| op type (optimized graph) | nodes |", "|---|---|"]
     lines += [f"| {op} | {n} |" for op, n in sorted(p["optimized_nodes"].items(), key=lambda kv: -kv[1])]
     return "\n".join(lines)
@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.folders:
         name, sep, path = spec.partition("=")
         folder = Path(path) if Path(path).is_absolute() else ROOT / path
-        if not sep or not (folder / "decoder_model.onnx").is_file():
-            ap.error(f"--folders {spec!r}: want NAME=PATH with PATH/decoder_model.onnx (make it with qpasses run)")
+        if not sep or not (folder / "model.onnx").is_file():
+            ap.error(f"--folders {spec!r}: want NAME=PATH with PATH/model.onnx (make it with qpasses run)")
         folders[name] = folder
     if min(*args.threads, args.rounds, args.tokens, args.prompt, args.profile_steps) < 1:
         ap.error("--threads, --rounds, --tokens, --prompt and --profile-steps must be at least 1")
@@ -291,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{' '.join(f'{x:.2f}' for x in info['loadavg_end'])}"),
           f"* Command: `{info['command']}`",
           (f"* Decode: {DECODE_PROMPT}-token prompt, then {args.tokens} greedy single-token steps through "
-          f"decoder_model.onnx ({loop}); median of {args.rounds} interleaved rounds. Prefill: {args.prompt} tokens "
-          "through decoder_model.onnx with an empty past."), "",
+          f"model.onnx ({loop}); median of {args.rounds} interleaved rounds. Prefill: {args.prompt} tokens "
+          "through model.onnx with an empty past."), "",
           speed_table(rows, args.tokens, args.prompt)]
     if llama_note:
         md += ["", llama_note]

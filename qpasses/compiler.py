@@ -50,6 +50,7 @@ class Options:
     dump_dir: Path | None = None
     layer_error: bool = True  # per-site layer error after each stage-A pass (evaluate.layer_error)
     max_context: int | None = None  # cap on the positions the decoder serves (its rotary tables' rows)
+    runtime_copy: bool = True  # copy libqpasses_ops.so into the folder when the graph uses our ops
 
     def out_dir(self) -> Path:
         if self.out:
@@ -173,10 +174,10 @@ def _run(opts: Options, log, prof) -> dict:
     metadata = provenance(recipe, results, loaded, ctx)
     with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
         with stage("write"):
-            save(final, folder, loaded, recipe, metadata, ctx.notes.max_context)
+            runtime = save(final, folder, loaded, recipe, metadata, ctx.notes.max_context, opts.runtime_copy)
         probe_seconds = probe.seconds if probe else 0.0
         quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"] - probe_seconds
-        rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata, ctx.notes))
+        rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata, ctx.notes, runtime))
         with stage("evaluate"):
             ppl["quant"] = evaluator.ort(folder / "model.onnx", "deployed (onnxruntime)")
         report = rep.build(opts, folder, recipe, loaded, results, ppl, evaluator, quantize_seconds,
@@ -253,31 +254,38 @@ def provenance(recipe, results, loaded, ctx) -> dict[str, str]:
     }
 
 
-def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes) -> dict:
+def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes, runtime: dict | None = None) -> dict:
     """manifest.json: the recipe as run, per-rule counts, the rotations chosen (with their seeds),
     the smoothing scales' policies and errors, the
-    optimized weights' layer errors (rtn vs optimized), the model's provenance and tool versions."""
+    optimized weights' layer errors (rtn vs optimized), the model's provenance, the custom-op library
+    the graph needs (`runtime`: file, platform, whether the folder holds it) and tool versions."""
     return {
         "recipe": {"name": recipe.name, "sha256": recipe.sha256, "text": recipe.text},
         "passes": [r.to_json() for r in results],
         "model": {"name": loaded.name, "kind": loaded.kind, "source": {k: str(v) for k, v in loaded.source.items()}},
         **notes.to_json(),
+        "runtime": runtime or {},
         "versions": json.loads(metadata["qpasses.versions"]),
     }
 
 
-def save(final, folder: Path, loaded, recipe, metadata: dict[str, str], max_context: dict | None = None) -> None:
-    from qpasses.export.deploy import write_deployment
+def save(final, folder: Path, loaded, recipe, metadata: dict[str, str], max_context: dict | None = None,
+         runtime_copy: bool = True) -> dict:
+    """Write the folder's files but the report and manifest; returns the manifest's `runtime` record."""
+    from qpasses.export.deploy import deployed_graph, write_deployment
     from qpasses.export.folder_readme import folder_readme
     from qpasses.export.onnx_export import OnnxModels
+    from qpasses.export.runtime_copy import copy_runtime
     from qpasses.ir.cleanup import finalize
 
-    for model in final.models.values():
-        finalize(model)
     models = OnnxModels(logits=final.models["logits"], decoder=final.models.get("decoder"))
+    graph = deployed_graph(models)
+    finalize(graph)
     write_deployment(models, folder, loaded.tokenizer, metadata)
-    domains = {d for m in final.models.values() for d in m.opset_imports}
+    runtime = copy_runtime(graph, folder, runtime_copy)
     files = {p.name for p in folder.iterdir()} | {"report.md", "report.json", "manifest.json"}  # those come last
     (folder / "README.md").write_text(folder_readme(loaded.name, recipe, metadata["qpasses.version"],
-                                                    json.loads(metadata["qpasses.ort"]), domains, max_context,
-                                                    files=files))
+                                                    json.loads(metadata["qpasses.ort"]), set(graph.opset_imports),
+                                                    max_context, files=files, step_graph=models.decoder is not None,
+                                                    runtime=runtime))
+    return runtime

@@ -37,8 +37,9 @@ def report(out):
 
 def test_run_writes_the_deployment_and_a_complete_report(int4_run):
     names = {p.name for p in int4_run.iterdir()}
-    assert {"model.onnx", "decoder_model.onnx", "model.onnx.data", "report.json", "report.md", "tokenizer.json",
-            "README.md"} <= names
+    assert {"model.onnx", "model.onnx.data", "libqpasses_ops.so", "report.json", "report.md", "tokenizer.json",
+            "README.md"} <= names and "decoder_model.onnx" not in names
+    assert json.loads((int4_run / "manifest.json").read_text())["runtime"]["in_folder"] is True
     assert "register_custom_ops_library" in (int4_run / "README.md").read_text()  # it uses our ops
     r = report(int4_run)
     for key in ("ppl_fp", "ppl_stage_a", "ppl_quant", "eval_tokens", "onnx_bytes", "fp32_onnx_bytes", "passes",
@@ -77,7 +78,7 @@ def test_generate_talks_from_the_deployed_folder(int4_run, capsys):
 
 def test_generate_on_a_folder_without_a_decoder_is_one_line(tmp_path, capsys):
     assert main(["generate", str(tmp_path), "--prompt", "hi"]) == 2
-    assert "decoder_model.onnx" in error_line(capsys)
+    assert "model.onnx" in error_line(capsys)
 
 
 def test_doctor_checks_every_kernel_path(capsys):
@@ -145,7 +146,7 @@ def test_onnx_input_runs_weight_only_rtn(tmp_path, text):
 def test_max_context_caps_the_rotary_tables_and_says_so(tmp_path, capsys):
     out = tmp_path / "short"
     assert run("--recipe", "int4-w4a16-rtn", "--no-eval", "--no-layer-error", "--max-context", 64, "--out", out) == 0
-    decoder = onnx.load(out / "decoder_model.onnx", load_external_data=False)
+    decoder = onnx.load(out / "model.onnx", load_external_data=False)
     assert {t.name: list(t.dims) for t in decoder.graph.initializer if t.name.startswith("qpasses.rope.")} == {
         "qpasses.rope.cos": [64, 16], "qpasses.rope.sin": [64, 16]}
     manifest = json.loads((out / "manifest.json").read_text())

@@ -69,7 +69,7 @@ def test_the_folder_readme_lists_only_the_files_the_folder_holds(foreign_run):
     readme = (foreign_run / "README.md").read_text()
     listed = [name for row in re.findall(r"^\| ([^|]+) \|", readme, re.M) if row not in ("file", "---")
               for name in row.split(", ")]
-    assert "model.onnx" in listed and "decoder_model.onnx" not in readme.split("## Run it")[0]
+    assert "model.onnx" in listed and "KV-cache" not in readme.split("## Run it")[0]
     assert all((foreign_run / name).is_file() for name in listed), listed
     assert NO_DECODER in readme and "qpasses generate ." not in readme
 
@@ -77,7 +77,7 @@ def test_the_folder_readme_lists_only_the_files_the_folder_holds(foreign_run):
 def test_generate_says_the_folder_has_no_kv_cache_graph_and_why(foreign_run, capsys):
     assert main(["generate", str(foreign_run), "--prompt", "hi"]) == 2
     line = error_line(capsys)
-    assert "no KV-cache graph" in line and "compiled from an ONNX file without one" in line
+    assert "has no KV cache" in line and "compiled from an ONNX file without one" in line
     assert "Hugging Face model or GGUF" in line
 
 

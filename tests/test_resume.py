@@ -8,7 +8,7 @@ from qpasses.checkpoint import Checkpoint, GroupStore, partial_dir
 from qpasses.cli.main import main
 from qpasses.passes.optimize_weights import OptimizeWeights
 
-FILES = ("model.onnx", "decoder_model.onnx", "model.onnx.data")
+FILES = ("model.onnx", "model.onnx.data")
 
 
 def run(out, *extra) -> int:

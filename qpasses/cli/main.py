@@ -13,10 +13,10 @@ from qpasses.errors import QPassError
 RUN_HELP = """\
 Quantize a model with a recipe and write a deployable ONNX folder with a report.
 
-Writes OUT/model.onnx (logits graph), OUT/decoder_model.onnx (KV-cache step graph), their shared
-weight file OUT/model.onnx.data, the tokenizer, OUT/report.md and OUT/report.json, and measures
+Writes OUT/model.onnx (the KV-cache step graph), its weight file OUT/model.onnx.data, the custom-op
+library it needs (libqpasses_ops.so), the tokenizer, OUT/report.md and OUT/report.json, and measures
 perplexity three times on the same windows: the float model, the stage-A torch model (after the
-float transforms, before export) and the deployed file in onnxruntime.
+float transforms, before export) and the deployed file in onnxruntime (with an empty past).
 
 examples:
   qpasses run                                          # smollm2-135m with the default recipe
@@ -34,14 +34,15 @@ def _run(args) -> int:
                    no_eval=args.no_eval, stage_a_eval=not args.no_stage_a_eval, seed=args.seed, threads=args.threads,
                    sets=args.set or [],
                    force=args.force, progress=not args.no_progress, dump_dir=args.dump,
-                   layer_error=not args.no_layer_error, max_context=args.max_context)
+                   layer_error=not args.no_layer_error, max_context=args.max_context,
+                   runtime_copy=not args.no_runtime_copy)
     run(opts)
     return 0
 
 
 GENERATE_HELP = """\
 Generate text from a folder written by `qpasses run`, with its KV-cache step graph
-(decoder_model.onnx) in onnxruntime and the qpasses custom ops: the check that the quantized
+(model.onnx) in onnxruntime and the qpasses custom ops: the check that the quantized
 model still talks. The prompt is wrapped in the folder's chat template (--raw: as given);
 decoding is greedy unless --temperature > 0. Prints the text as it is generated, then the
 prefill and decode speed on stderr.
@@ -117,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--dump", type=Path, help="write the graph before and after every pass into this folder")
     r.add_argument("--no-layer-error", action="store_true",
                    help="skip the per-site layer error probe, which costs one held-out forward per stage-A pass")
+    r.add_argument("--no-runtime-copy", action="store_true",
+                   help="do not copy the custom-op library libqpasses_ops.so into the folder (runners then need "
+                        "its path from elsewhere)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--max-context", type=int, metavar="N",
                    help="decode at most N positions: the rotary tables' rows (default: the model's "

@@ -1,4 +1,4 @@
-"""Text generation with a deployed folder's KV-cache step graph (decoder_model.onnx) in onnxruntime,
+"""Text generation with a deployed folder's KV-cache step graph (model.onnx) in onnxruntime,
 our custom ops registered: the check that a quantized model still talks, and the loop the speed
 benchmark times.
 
@@ -19,11 +19,11 @@ import numpy as np
 
 from qpasses.errors import InputError
 
-DECODER_FILE = "decoder_model.onnx"
+MODEL_FILE = "model.onnx"
 
 
 class Decoder:
-    """A decoder_model.onnx session with greedy or sampled generation (plain run or IO binding)."""
+    """A KV-cache step graph's session with greedy or sampled generation (plain run or IO binding)."""
 
     def __init__(self, sess, iobinding: bool = False):
         self.sess, self.iobinding = sess, iobinding
@@ -142,16 +142,13 @@ class Chat:
 def generate_text(folder: Path, prompt: str, max_tokens: int = 128, chat: bool = True, threads: int | None = None,
                   temperature: float = 0.0, top_k: int = 50, seed: int = 0,
                   on_text: Callable[[str], None] | None = None) -> dict:
-    """Generate from `prompt` with folder/decoder_model.onnx; `on_text` gets the text as it grows
+    """Generate from `prompt` with folder/model.onnx; `on_text` gets the text as it grows
     (the new part each time). Returns the text, token counts and prefill / decode speed."""
     import qpasses.runtime
 
     folder = Path(folder)
-    if not (folder / DECODER_FILE).is_file():
-        if _compiled_from_onnx(folder):
-            raise InputError(f"{folder} has no KV-cache graph ({DECODER_FILE}): it was compiled from an ONNX file "
-                             f"without one; to generate, compile the Hugging Face model or GGUF instead")
-        raise InputError(f"{folder} has no {DECODER_FILE}: generate needs a folder written by `qpasses run`")
+    if not (folder / MODEL_FILE).is_file():
+        raise InputError(f"{folder} has no {MODEL_FILE}: generate needs a folder written by `qpasses run`")
     chat_ = Chat(folder)
     ids = chat_.prompt_ids(prompt, chat)
     limit = served_positions(folder)
@@ -160,7 +157,12 @@ def generate_text(folder: Path, prompt: str, max_tokens: int = 128, chat: bool =
                          f"prompt, or compile again with a larger --max-context (the model's own limit permitting)")
     if limit is not None:
         max_tokens = min(max_tokens, limit - len(ids))  # the step at position `limit` would fail in onnxruntime
-    dec = Decoder(qpasses.runtime.session(folder / DECODER_FILE, threads=threads))
+    sess = qpasses.runtime.session(folder / MODEL_FILE, threads=threads)
+    if not any(i.name.startswith("past_key_values.") for i in sess.get_inputs()):
+        why = ("it was compiled from an ONNX file without one; to generate, compile the Hugging Face model or GGUF "
+               "instead" if _compiled_from_onnx(folder) else "generate needs a folder written by `qpasses run`")
+        raise InputError(f"{folder}/{MODEL_FILE} has no KV cache (no past_key_values inputs): {why}")
+    dec = Decoder(sess)
     t0 = time.perf_counter()
     tokens, shown, t_first = [], "", None
     for token in dec.stream(ids, max_tokens, sampler(temperature, top_k, seed), chat_.stop):

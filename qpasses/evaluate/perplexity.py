@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from qpasses.errors import InputError
@@ -117,17 +118,27 @@ def program_logits_fn(program) -> LogitsFn:
 
 def ort_logits_fn(session) -> LogitsFn:
     """Logits of an `onnxruntime.InferenceSession` with int64 inputs `input_ids` (and, when the
-    graph has it, `attention_mask`); the output named `logits`, else the first output."""
-    inputs = {i.name for i in session.get_inputs()}
+    graph has them, `attention_mask` and `position_ids`, fed 0..length-1 on every row); the output
+    named `logits`, else the first output. A KV-cache step graph (past_key_values.* inputs
+    [batch, kv_heads, past, head_dim]) runs with an empty past: the whole window in one step."""
+    inputs = {i.name: i for i in session.get_inputs()}
     if "input_ids" not in inputs:
         raise InputError(f"the ONNX model has no input named 'input_ids' (its inputs: {sorted(inputs)})")
     outputs = [o.name for o in session.get_outputs()]
     name = "logits" if "logits" in outputs else outputs[0]
+    past = {n: (i.shape, np.float16 if i.type == "tensor(float16)" else np.float32)
+            for n, i in inputs.items() if n.startswith("past_key_values.")}
+    if any(not isinstance(shape[1], int) or not isinstance(shape[3], int) for shape, _ in past.values()):
+        raise InputError("the ONNX model's past_key_values inputs have no fixed head count and size")
 
     def fn(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        b, length = input_ids.shape
         feeds = {"input_ids": input_ids.contiguous().numpy()}
         if "attention_mask" in inputs:
             feeds["attention_mask"] = attention_mask.contiguous().numpy()
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.broadcast_to(np.arange(length, dtype=np.int64), (b, length)).copy()
+        feeds.update({n: np.zeros((b, shape[1], 0, shape[3]), dtype) for n, (shape, dtype) in past.items()})
         return torch.from_numpy(session.run([name], feeds)[0])
 
     return fn

@@ -1,11 +1,13 @@
-"""Write the deployable folder: model.onnx (logits), decoder_model.onnx (KV-cache step), one
-shared external-data file model.onnx.data, the tokenizer files and chat template.
+"""Write the deployable folder: model.onnx, its external-data file model.onnx.data, the tokenizer
+files and chat template.
 
-Every initializer of at least `EXTERNAL_MIN_BYTES` lives in model.onnx.data, written once
-under its name; both graphs point at the same offset, so a weight the two graphs share (all of
-them) and the tied embedding/lm_head table take disk space once. Same name must mean same
-bytes across the graphs; a mismatch is an error, never a silent pick. Offsets are aligned to
-`ALIGNMENT` bytes so runtimes can map the file.
+model.onnx is the KV-cache step graph (input_ids, attention_mask, position_ids,
+past_key_values.{i}.key/value -> logits, present.{i}.key/value), the graph runners load by
+default; an empty past makes it the whole-sequence graph perplexity runs. A model compiled from
+an ONNX file without a cache graph deploys its logits graph under the same name.
+
+Every initializer of at least `EXTERNAL_MIN_BYTES` lives in model.onnx.data, the tied
+embedding/lm_head table once. Offsets are aligned to `ALIGNMENT` bytes so runtimes can map the file.
 
 The folder is written next to its destination under a temporary name and renamed into place:
 nobody ever sees a half-written folder. An existing non-empty destination is refused unless
@@ -22,12 +24,12 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from qpasses.errors import InputError, PostconditionError
+from qpasses.errors import InputError
 from qpasses.export.onnx_export import OnnxModels
 from qpasses.ir.cleanup import large_initializers
 
+MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-GRAPH_FILES = {"logits": "model.onnx", "decoder": "decoder_model.onnx"}
 ALIGNMENT = 4096
 
 
@@ -49,16 +51,18 @@ def staged(out_dir: Path, force: bool = False):
         raise
 
 
-def write_deployment(models: OnnxModels, folder: Path, tokenizer, metadata: dict[str, str]) -> None:
-    """Write the graphs, their shared data file and the tokenizer into an empty `folder`.
+def deployed_graph(models: OnnxModels) -> ir.Model:
+    """The graph the folder ships: the KV-cache step graph, else (an ONNX input without one) the logits graph."""
+    return models.decoder if models.decoder is not None else models.logits
 
-    `metadata` is set as metadata_props on both models (in memory too)."""
-    graphs = {GRAPH_FILES[name]: m for name, m in (("logits", models.logits), ("decoder", models.decoder))
-              if m is not None}
-    offsets = _write_data(graphs.values(), folder / DATA_FILE)
-    for filename, model in graphs.items():
-        model.metadata_props.update(metadata)
-        _write_graph(model, folder / filename, offsets)
+
+def write_deployment(models: OnnxModels, folder: Path, tokenizer, metadata: dict[str, str]) -> None:
+    """Write model.onnx (`deployed_graph`), its data file and the tokenizer into an empty `folder`.
+
+    `metadata` is set as the graph's metadata_props (in memory too)."""
+    model = deployed_graph(models)
+    model.metadata_props.update(metadata)
+    _write_graph(model, folder / MODEL_FILE, _write_data(model, folder / DATA_FILE))
     tokenizer.save_pretrained(folder)
 
 
@@ -104,27 +108,16 @@ def _cannot_write(out_dir: Path):
                          "choose another --out") from None
 
 
-def _write_data(models, path: Path) -> dict[str, tuple[int, int]]:
-    """Write every large initializer once; return name -> (offset, length)."""
-    tensors: dict[str, ir.TensorProtocol] = {}
-    for model in models:
-        for name, value in large_initializers(model.graph).items():
-            seen = tensors.setdefault(name, value.const_value)
-            if seen is not value.const_value and not _same(seen, value.const_value):
-                raise PostconditionError(f"initializer {name} holds different values in the two graphs; "
-                                         "a shared name must mean the same tensor")
+def _write_data(model: ir.Model, path: Path) -> dict[str, tuple[int, int]]:
+    """Write every large initializer; return name -> (offset, length)."""
     offsets = {}
     with open(path, "wb") as f:
-        for name, tensor in tensors.items():
+        for name, value in large_initializers(model.graph).items():
             f.write(b"\0" * (-f.tell() % ALIGNMENT))
-            data = tensor.tobytes()
+            data = value.const_value.tobytes()
             offsets[name] = (f.tell(), len(data))
             f.write(data)
     return offsets
-
-
-def _same(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def _write_graph(model: ir.Model, path: Path, offsets: dict[str, tuple[int, int]]) -> None:

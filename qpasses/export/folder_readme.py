@@ -9,21 +9,29 @@ import json
 from qpasses.domain import DOMAIN
 from qpasses.runtime import LIBRARY_NAME
 
-NO_DECODER = ("This folder has no KV-cache step graph (decoder_model.onnx): it was compiled from an ONNX file "
-              "without one, so `qpasses generate` cannot run it. To generate, compile the Hugging Face model or "
-              "its GGUF instead.")
+NO_DECODER = ("This folder's model.onnx has no KV cache (it was compiled from an ONNX file without one), so "
+              "`qpasses generate` and the generation runners cannot run it. To generate, compile the Hugging Face "
+              "model or its GGUF instead.")
+STEP_GRAPH = ("| model.onnx | KV-cache step graph: input_ids, attention_mask [batch, past + seq], position_ids, "
+              "past_key_values.{i}.key/value [batch, kv_heads, past, head_dim] -> logits, present.{i}.key/value "
+              "(an empty past runs a whole sequence) |")
+LOGITS_GRAPH = "| model.onnx | logits graph: input_ids, attention_mask [batch, seq] -> logits [batch, seq, vocab] |"
 
 
 def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str],
-                  max_context: dict | None = None, files: set[str] | None = None) -> str:
-    """`recipe`: the Recipe run; `ort`: the session settings of the graphs' `qpasses.ort` metadata;
-    `domains`: the operator domains the graphs import; `max_context`: the manifest's record of the
+                  max_context: dict | None = None, files: set[str] | None = None, step_graph: bool = True,
+                  runtime: dict | None = None) -> str:
+    """`recipe`: the Recipe run; `ort`: the session settings of the graph's `qpasses.ort` metadata;
+    `domains`: the operator domains the graph imports; `max_context`: the manifest's record of the
     decoder's rotary tables (fuse_attention; empty or None: no tables, no limit to state); `files`:
     the names the finished folder holds, which are all the table lists (None: every file of a model
-    input's layout)."""
+    input's layout); `step_graph`: model.onnx is the KV-cache step graph (else a logits graph);
+    `runtime`: the manifest's record of the custom-op library (file, platform, in the folder)."""
     config = ort.get("config") or {}
     custom = DOMAIN in domains
-    decoder = files is None or "decoder_model.onnx" in files
+    runtime = runtime or {}
+    shipped = custom and runtime.get("in_folder", True)
+    library = f"FOLDER/{LIBRARY_NAME}" if shipped else f"/path/to/{LIBRARY_NAME}"  # dlopen needs a path, not a name
     lines = [
         f"# {model}, recipe `{recipe.name}`",
         "",
@@ -33,10 +41,10 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
         "",
         "| file | what |",
         "|---|---|",
-        "| model.onnx | logits graph: input_ids, attention_mask [batch, seq] -> logits [batch, seq, vocab] |",
-        "| decoder_model.onnx | KV-cache step graph: input_ids, attention_mask, position_ids, "
-        "past_key_values.{i}.key/value -> logits, present.{i}.key/value |",
-        "| model.onnx.data | the weights of both graphs, stored once (external data; keep it next to them) |",
+        STEP_GRAPH if step_graph else LOGITS_GRAPH,
+        "| model.onnx.data | its weights (external data; keep it next to model.onnx) |",
+        f"| {LIBRARY_NAME} | the custom-op library the graph needs, built for "
+        f"{runtime.get('platform', 'this platform')} (other platforms: compile with a stock-op lowering target) |",
         "| tokenizer.json, tokenizer_config.json, chat_template.jinja | tokenizer and chat template |",
         "| report.md, report.json, manifest.json | accuracy, size, speed; the recipe as run and tool versions |",
         "",
@@ -44,26 +52,28 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
         "",
     ]
     if files is not None:
-        lines = [row for line in lines for row in [_listed(line, files, decoder)] if row is not None]
-    if not decoder:
+        lines = [row for line in lines for row in [_listed(line, files)] if row is not None]
+    if not step_graph:
         lines += [NO_DECODER, ""]
     if custom:
         lines += [
-            f"The graphs use the `{DOMAIN}` custom ops (MatMulMXFP4 / MatMulInt4); onnxruntime needs the",
-            f"library `{LIBRARY_NAME}` registered before it loads the model. With qpasses installed:",
+            f"The graph uses the `{DOMAIN}` custom ops (MatMulMXFP4 / MatMulInt4); onnxruntime needs the",
+            f"library `{LIBRARY_NAME}` registered before it loads the model"
+            + (" (it is in this folder)." if shipped else " (not copied here: --no-runtime-copy).")
+            + " With qpasses installed:",
         ]
     else:
-        lines += ["The graphs use standard onnxruntime ops only (no custom-op library needed). With qpasses:"]
+        lines += ["The graph uses standard onnxruntime ops only (no custom-op library needed). With qpasses:"]
     lines += [
         "",
         "```bash",
-        *(["qpasses generate . --prompt \"What is the capital of France?\"   # chat, greedy, streamed"] * decoder),
+        *(["qpasses generate . --prompt \"What is the capital of France?\"   # chat, greedy, streamed"] * step_graph),
         "qpasses eval model.onnx --windows 20                             # perplexity",
         "```",
         "",
         "```python",
         "import qpasses.runtime",
-        f"sess = qpasses.runtime.session(\"{'decoder_model' if decoder else 'model'}.onnx\")  "
+        "sess = qpasses.runtime.session(\"model.onnx\")  "
         "# an onnxruntime.InferenceSession" + (", our ops registered" if custom else ""),
         "```",
         "",
@@ -74,36 +84,34 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
         "so = ort.SessionOptions()",
     ]
     if custom:
-        lines.append(f"so.register_custom_ops_library(\"/path/to/{LIBRARY_NAME}\")  "
-                     "# python -c 'import qpasses.runtime as r; print(r.library_path())'")
+        lines.append(f"so.register_custom_ops_library(\"{library}\")" + ("  # FOLDER: this folder's path" if shipped
+                     else "  # python -c 'import qpasses.runtime as r; print(r.library_path())'"))
     lines += [f"so.add_session_config_entry({k!r}, {v!r})" for k, v in sorted(config.items())]
-    lines += ["sess = ort.InferenceSession(\"model.onnx\", so, providers=[\"CPUExecutionProvider\"])", "```", ""]
+    lines += ["sess = ort.InferenceSession(\"FOLDER/model.onnx\", so, providers=[\"CPUExecutionProvider\"])", "```", ""]
     lines += ["C/C++ (onnxruntime C++ API, 1.17 or newer):", "", "```cpp", "Ort::Env env;", "Ort::SessionOptions so;"]
     if custom:
-        lines.append(f"so.RegisterCustomOpsLibrary(ORT_TSTR(\"/path/to/{LIBRARY_NAME}\"));")
+        lines.append(f"so.RegisterCustomOpsLibrary(ORT_TSTR(\"{library}\"));")
     lines += [f"so.AddConfigEntry(\"{k}\", \"{v}\");" for k, v in sorted(config.items())]
-    lines += ["Ort::Session session(env, ORT_TSTR(\"model.onnx\"), so);", "```", ""]
+    lines += ["Ort::Session session(env, ORT_TSTR(\"FOLDER/model.onnx\"), so);", "```", ""]
     if custom:
         lines += [f"`{LIBRARY_NAME}` exports `RegisterCustomOps` (the C API's custom-op entry point); it picks the",
                   "AVX-512, AVX2 or scalar kernels when a session is created "
                   "(`QPASSES_ISA=scalar|avx2|avx512` forces one).", ""]
-    lines += ["Session settings the compiler chose (also in the graphs' `qpasses.ort` metadata):",
+    lines += ["Session settings the compiler chose (also in the graph's `qpasses.ort` metadata):",
               f"`{json.dumps(ort) if ort else 'none'}`.", ""]
     lines += context_lines(max_context or {})
     return "\n".join(lines)
 
 
-def _listed(line: str, files: set[str], decoder: bool) -> str | None:
+def _listed(line: str, files: set[str]) -> str | None:
     """A row of the file table with only the files the folder holds (None: it holds none of them);
-    any other line unchanged. Without a decoder graph the data file holds one graph's weights."""
+    any other line unchanged."""
     if not line.startswith("| ") or line.startswith("| file |"):
         return line
     first, rest = line[2:].split(" | ", 1)
     names = [n for n in first.split(", ") if n in files]
     if not names:
         return None
-    if not decoder and names == ["model.onnx.data"]:
-        rest = "the weights of model.onnx (external data; keep it next to it) |"
     return f"| {', '.join(names)} | {rest}"
 
 
@@ -122,5 +130,5 @@ def context_lines(record: dict) -> list[str]:
     if cap == rows and cap != (setting or model):
         why += f", capped by --max-context {cap}"
     return ["## Context length", "",
-            f"decoder_model.onnx decodes up to {rows} positions (position_ids 0 to {rows - 1}, the rows of its "
+            f"model.onnx decodes up to {rows} positions (position_ids 0 to {rows - 1}, the rows of its "
             f"rotary tables): {why}. onnxruntime refuses a position beyond them.", ""]

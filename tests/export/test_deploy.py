@@ -9,13 +9,11 @@ import torch
 from onnx_builders import linear_model
 
 from qpasses.errors import InputError, PostconditionError, QPassError
-from qpasses.export.deploy import DATA_FILE, save_deployment
-from qpasses.export.onnx_export import OnnxModels
+from qpasses.evaluate.perplexity import ort_logits_fn
+from qpasses.export.deploy import DATA_FILE, MODEL_FILE, save_deployment
 from qpasses.ir import cleanup
 from qpasses.ir.cleanup import EXTERNAL_MIN_BYTES
 from qpasses.models.tiny import build_byte_tokenizer
-
-GRAPHS = ("model.onnx", "decoder_model.onnx")
 
 
 def external_refs(path) -> dict[str, tuple[str, int, int]]:
@@ -29,30 +27,28 @@ def external_refs(path) -> dict[str, tuple[str, int, int]]:
     return refs
 
 
-def test_folder_holds_both_graphs_one_data_file_and_the_tokenizer(deployed):
+def test_folder_holds_the_step_graph_its_data_file_and_the_tokenizer(deployed):
     names = {p.name for p in deployed.iterdir()}
-    assert names == {*GRAPHS, DATA_FILE, "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+    assert names == {MODEL_FILE, DATA_FILE, "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
     assert not [p for p in deployed.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+    inputs = [v.name for v in ir.load(deployed / MODEL_FILE).graph.inputs]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"] and inputs[3] == "past_key_values.0.key"
 
 
-def test_both_graphs_point_at_the_same_bytes_of_one_file(deployed):
-    logits, decoder = (external_refs(deployed / g) for g in GRAPHS)
-    assert {loc for loc, _, _ in [*logits.values(), *decoder.values()]} == {DATA_FILE}
-    assert "model.embed_tokens.weight" in logits and "lm_head.weight" not in logits
-    shared = logits.keys() & decoder.keys()
-    assert shared == logits.keys() == decoder.keys()
-    assert all(logits[n] == decoder[n] for n in shared)
-    spans = sorted((off, off + n) for _, off, n in logits.values())
+def test_the_graph_points_at_its_data_file_each_tensor_once(deployed):
+    refs = external_refs(deployed / MODEL_FILE)
+    assert {loc for loc, _, _ in refs.values()} == {DATA_FILE}
+    assert "model.embed_tokens.weight" in refs and "lm_head.weight" not in refs  # tied: one table
+    spans = sorted((off, off + n) for _, off, n in refs.values())
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))  # each tensor written once
     assert (deployed / DATA_FILE).stat().st_size == spans[-1][1]
 
 
-def test_graphs_load_with_metadata_and_external_weights(deployed):
-    for g in GRAPHS:
-        model = ir.load(deployed / g)
-        assert {"qpasses.recipe": "test", "qpasses.note": "tiny"}.items() <= model.metadata_props.items()
-        table = model.graph.initializers["model.embed_tokens.weight"].const_value
-        assert isinstance(table, ir.ExternalTensor) and table.shape == (512, 64)
+def test_the_graph_loads_with_metadata_and_external_weights(deployed):
+    model = ir.load(deployed / MODEL_FILE)
+    assert {"qpasses.recipe": "test", "qpasses.note": "tiny"}.items() <= model.metadata_props.items()
+    table = model.graph.initializers["model.embed_tokens.weight"].const_value
+    assert isinstance(table, ir.ExternalTensor) and table.shape == (512, 64)
 
 
 FOLDERS = ["deployed", "fused_deployed"]  # as exported, and after the speed fusions (fuse_norms, fuse_attention)
@@ -60,13 +56,14 @@ FOLDERS = ["deployed", "fused_deployed"]  # as exported, and after the speed fus
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_onnxruntime_logits_match_torch_with_a_left_padded_row(folder, request, programs, ort_session):
+    """The step graph with an empty past (what perplexity runs) against the torch logits program."""
     deployed = request.getfixturevalue(folder)
     ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     with torch.no_grad():
         expected = programs.logits.module()(ids, mask).numpy()
-    out = ort_session(deployed / "model.onnx").run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    out = ort_logits_fn(ort_session(deployed / MODEL_FILE))(ids, mask).numpy()
     # Rows of padding tokens attend to nothing: torch's sdpa returns 0 there, the exported
     # graph the mean of V (its mask uses finfo.min, not -inf). Nobody reads those logits.
     real = mask.numpy().astype(bool)
@@ -76,7 +73,7 @@ def test_onnxruntime_logits_match_torch_with_a_left_padded_row(folder, request, 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_greedy_decoding_with_the_kv_cache_matches_full_sequence_logits(folder, request, tiny, ort_session):
     deployed = request.getfixturevalue(folder)
-    step = ort_session(deployed / "decoder_model.onnx")
+    step = ort_session(deployed / MODEL_FILE)
     past_names = [i.name for i in step.get_inputs() if i.name.startswith("past_key_values.")]
     kv_shape = step.get_inputs()[3].shape  # [batch_size, kv_heads, past_sequence_length, head_dim]
     ids = torch.randint(3, 259, (2, 5), generator=torch.Generator().manual_seed(5))
@@ -99,13 +96,12 @@ def test_greedy_decoding_with_the_kv_cache_matches_full_sequence_logits(folder, 
 
 
 def test_finalize_shrinks_the_graph_and_keeps_every_weight(deployed, onnx_models):
-    for g, raw in zip(GRAPHS, (onnx_models.logits, onnx_models.decoder)):
-        done = ir.load(deployed / g)
-        large = {n for n, v in raw.graph.initializers.items() if v.const_value.nbytes >= EXTERNAL_MIN_BYTES}
-        assert set(external_refs(deployed / g)) == large
-        assert len(done.graph) < 0.6 * len(raw.graph)
-        assert Counter(n.op_type for n in done.graph)["MatMul"] == Counter(n.op_type for n in raw.graph)["MatMul"]
-        assert not any("pkg.torch.onnx.stack_trace" in n.metadata_props for n in done.graph)
+    raw, done = onnx_models.decoder, ir.load(deployed / MODEL_FILE)
+    large = {n for n, v in raw.graph.initializers.items() if v.const_value.nbytes >= EXTERNAL_MIN_BYTES}
+    assert set(external_refs(deployed / MODEL_FILE)) == large
+    assert len(done.graph) < 0.6 * len(raw.graph)
+    assert Counter(n.op_type for n in done.graph)["MatMul"] == Counter(n.op_type for n in raw.graph)["MatMul"]
+    assert not any("pkg.torch.onnx.stack_trace" in n.metadata_props for n in done.graph)
 
 
 def test_a_non_empty_folder_is_refused_without_force(onnx_models, tmp_path):
@@ -125,16 +121,8 @@ def test_force_replaces_the_folder_whole(onnx_models, tmp_path):
     (out / "stale.onnx").write_text("old")
     files = save_deployment(onnx_models, out, build_byte_tokenizer(), {}, force=True)
     assert not (out / "stale.onnx").exists()
-    assert {p.name for p in files} >= {*GRAPHS, DATA_FILE}
+    assert {p.name for p in files} >= {MODEL_FILE, DATA_FILE}
     assert os.listdir(tmp_path) == ["out"]  # neither the temp folder nor the old one is left
-
-
-def test_one_name_with_two_different_tensors_is_refused(tmp_path):
-    a, _ = linear_model(32, 16, layouts=("nk",), seed=0)
-    b, _ = linear_model(32, 16, layouts=("nk",), seed=1)
-    with pytest.raises(PostconditionError, match="layer0.nk.weight"):
-        save_deployment(OnnxModels(a, b), tmp_path / "out", build_byte_tokenizer(), {})
-    assert os.listdir(tmp_path) == []
 
 
 def test_finalize_refuses_to_create_large_initializers(monkeypatch):

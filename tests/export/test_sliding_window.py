@@ -63,7 +63,7 @@ def test_gemma_attention_fuses_and_decodes_past_the_window(family, config, softc
     assert sum(name.startswith("qpasses.rope.cos") for name in g.initializers) == tables
     finalize(models.logits)
     save_deployment(models, tmp_path / family, build_byte_tokenizer(), {"qpasses.recipe": "test"})
-    step = Decoder(ort_session(tmp_path / family / "decoder_model.onnx"))
+    step = Decoder(ort_session(tmp_path / family / "model.onnx"))
     ids = torch.randint(3, 259, (TOTAL,), generator=torch.Generator().manual_seed(0)).tolist()
     with torch.no_grad():
         full = model(input_ids=torch.tensor([ids])).logits[0].numpy()
