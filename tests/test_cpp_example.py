@@ -1,0 +1,127 @@
+"""examples/cpp: the C++ program generates from a deployed folder the tokens `qpasses generate` does.
+
+The program is built once per source version with the venv's cmake against the onnxruntime
+library of this Python's wheel (cached under the qpasses cache, keyed by a hash of the sources and
+that library's path), then run on a tiny-llama int4-w4a16 folder: greedy tokens equal the
+decoder's, the `qpasses.ort` metadata reaches the session options, bad input is one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+import qpasses
+from qpasses.cache import cache_dir, locked
+from qpasses.evaluate.decoder import Decoder
+from qpasses.runtime.ort import session
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "cpp"
+PROMPT = [72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]
+STEPS = 12
+
+
+def _ort_library() -> Path:
+    import onnxruntime
+
+    found = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.*"))
+    if len(found) != 1:
+        pytest.skip(f"the onnxruntime wheel has {len(found)} capi/libonnxruntime.so.* files, expected one")
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def program() -> Path:
+    """The built examples/cpp/generate (configured and compiled on first use, ~10 s)."""
+    cmake = shutil.which("cmake", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if cmake is None:
+        pytest.skip("cmake is not installed (pip install cmake, or the system package)")
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c):
+        pytest.skip("no C++ compiler (c++, g++ or clang++) on PATH")
+    library = _ort_library()
+    digest = hashlib.sha256(str(library).encode())
+    for f in sorted(EXAMPLE.iterdir()):
+        if f.is_file() and f.suffix in {".cc", ".h", ".txt"}:
+            digest.update(f.name.encode() + f.read_bytes())
+    build = cache_dir() / "cpp-example" / digest.hexdigest()[:16]
+    binary = build / "generate"
+    with locked(build.parent / ".lock"):
+        if not binary.exists():
+            for step in ([cmake, "-S", EXAMPLE, "-B", build, f"-DPython3_EXECUTABLE={sys.executable}",
+                          f"-DORT_LIBRARY={library}"], [cmake, "--build", build]):
+                proc = subprocess.run([str(s) for s in step], capture_output=True, text=True)
+                assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return binary
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cpp") / "tiny-llama-int4"
+    qpasses.compile("tiny-llama", "int4-w4a16", out, no_eval=True, progress=False, threads=1, calib_windows=4)
+    return out
+
+
+def generate(program: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def expected_tokens(model: Path) -> list[int]:
+    return Decoder(session(model, threads=1)).generate(PROMPT, STEPS)[0]
+
+
+def test_generates_the_tokens_of_the_python_decoder(program, folder):
+    proc = generate(program, "--threads", 1, folder, STEPS, *PROMPT)
+    assert proc.returncode == 0, proc.stderr
+    assert [int(t) for t in proc.stdout.split()] == expected_tokens(folder / "model.onnx")
+    assert "tokens/s" in proc.stderr and f"library {folder / 'libqpasses_ops.so'}" in proc.stderr
+
+
+def _with_settings(folder: Path, to: Path, value: str) -> Path:
+    """A copy of `folder` whose model.onnx carries `value` as its qpasses.ort metadata."""
+    shutil.copytree(folder, to)
+    model = onnx.load(str(to / "model.onnx"), load_external_data=False)
+    entry = next(p for p in model.metadata_props if p.key == "qpasses.ort")
+    entry.value = value
+    onnx.save(model, str(to / "model.onnx"))
+    return to
+
+
+def test_applies_the_session_settings_of_the_metadata(program, folder, tmp_path):
+    settings = {"optimization": "basic", "config": {"session.qdq_matmulnbits_accuracy_level": 0}}
+    copy = _with_settings(folder, tmp_path / "basic", json.dumps(settings))
+    proc = generate(program, "--threads", 1, copy, STEPS, *PROMPT)
+    assert proc.returncode == 0, proc.stderr
+    assert "optimization basic, session.qdq_matmulnbits_accuracy_level=0" in proc.stderr
+    assert [int(t) for t in proc.stdout.split()] == expected_tokens(copy / "model.onnx")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no model", "model.onnx does not exist"),
+    ("no library", "uses the qpasses custom ops but"),
+    ("missing --ops", "custom-op library /nonexistent/libx.so does not exist"),
+    ("bad metadata", "metadata qpasses.ort of"),
+    ("bad steps", "STEPS must be an integer >= 1"),
+])
+def test_bad_input_is_one_line(program, folder, tmp_path, case, expected):
+    target, extra = folder, []
+    if case == "no model":
+        target = tmp_path
+    elif case == "no library":
+        target = shutil.copytree(folder, tmp_path / "copy", ignore=shutil.ignore_patterns("libqpasses_ops.so"))
+    elif case == "missing --ops":
+        extra = ["--ops", "/nonexistent/libx.so"]
+    elif case == "bad metadata":
+        target = _with_settings(folder, tmp_path / "copy", '{"optimization": "fastest"}')
+    steps = 0 if case == "bad steps" else STEPS
+    proc = generate(program, *extra, target, steps, *PROMPT)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
