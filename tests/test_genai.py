@@ -1,0 +1,66 @@
+"""onnxruntime-genai runs a deployed folder as is: its genai_config.json (with the KV buffer shared, genai's
+fast path, as the compiler wrote it), its copy of the op library and its tokenizer files, and generates
+greedily the tokens `qpasses generate`'s decoder does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import qpasses
+from qpasses.evaluate.decoder import Chat, Decoder
+from qpasses.runtime.ort import session
+
+og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (the test extra has it)")
+
+PROMPT = [1, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]
+STEPS = 24
+TEXTS = ["Hello, world!", "  tabs\tand\nnew lines", "Ünïcödé ✓ 日本語 🙂", "<|im_start|>user\nhi<|im_end|>"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("genai") / "tiny-llama-int4-w4a16"
+    qpasses.compile(model="tiny-llama", recipe="int4-w4a16", out=out, no_eval=True, calib_windows=4, threads=1,
+                    progress=False, layer_error=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": 1}}}}))
+    return og.Model(config)
+
+
+def test_the_folder_shares_the_kv_buffer(folder):
+    config = json.loads((folder / "genai_config.json").read_text())
+    assert config["search"]["past_present_share_buffer"] is True  # every attention is fused (GroupQueryAttention)
+    assert (folder / config["model"]["decoder"]["session_options"]["custom_ops_library"]).is_file()
+
+
+def test_genai_greedy_tokens_equal_the_decoders(folder, model):
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(PROMPT) + STEPS)
+    generator = og.Generator(model, params)
+    generator.append_tokens(PROMPT)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    expected, _ = Decoder(session(folder / "model.onnx", threads=1)).generate(PROMPT, STEPS)
+    assert tokens == expected
+
+
+def test_genai_tokenizer_and_chat_template_equal_the_folders(folder, model):
+    """Token ids, decoded text (special tokens skipped, as both decode by default) and the chat prompt of
+    `qpasses generate` (the folder's chat_template.jinja)."""
+    chat, tokenizer = Chat(folder), og.Tokenizer(model)
+    for text in TEXTS:
+        ids = chat.tokenizer.encode(text).ids
+        assert [int(t) for t in tokenizer.encode(text)] == ids
+        assert tokenizer.decode(ids) == chat.tokenizer.decode(ids)
+    messages = json.dumps([{"role": "user", "content": TEXTS[2]}])
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)  # the folder's template
+    assert [int(t) for t in tokenizer.encode(prompt)] == chat.prompt_ids(TEXTS[2], chat=True)
