@@ -105,6 +105,18 @@ def write_genai_config(folder: Path, model: ir.Model, hf_config: Mapping, genera
     return path
 
 
+def served_context(max_context: Mapping | None, hf_config: Mapping) -> int:
+    """The positions the folder serves: the rotary tables' rows fuse_attention recorded (the manifest's
+    `max_context`), else the model's own limit (max_position_embeddings, GPT-2's n_positions)."""
+    context = max_context or {}
+    served = context.get("rotary_rows") or context.get("model") or _first(hf_config, "max_position_embeddings",
+                                                                            "n_positions")
+    if not isinstance(served, int) or served < 1:
+        raise InputError("neither the decoder's rotary tables nor the model's config (max_position_embeddings) "
+                         "say how many positions the folder serves")
+    return served
+
+
 def genai_type(model_type: str | None) -> str:
     """genai's model.type for a Hugging Face model_type (see the module docstring)."""
     return GENAI_TYPES.get(model_type or "", GENERIC_TYPE)

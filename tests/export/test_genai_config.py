@@ -10,7 +10,7 @@ import pytest
 
 from qpasses.domain import DOMAIN, MS_DOMAIN
 from qpasses.errors import InputError
-from qpasses.export.genai_config import genai_config, write_genai_config
+from qpasses.export.genai_config import genai_config, served_context, write_genai_config
 
 LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "bos_token_id": 1, "eos_token_id": 2,
          "pad_token_id": 2}
@@ -140,3 +140,10 @@ def test_write_genai_config(tmp_path):
     path = write_genai_config(tmp_path, step_graph(), LLAMA, None, 64, "libqpasses_ops.so")
     assert path == tmp_path / "genai_config.json"
     assert json.loads(path.read_text()) == genai_config(step_graph(), LLAMA, None, 64, "libqpasses_ops.so")
+
+
+def test_served_context_is_the_rotary_rows_else_the_models_limit():
+    assert served_context({"model": 2048, "rotary_rows": 512}, LLAMA) == 512
+    assert served_context({}, {**GPT2, "n_positions": 1024}) == 1024
+    with pytest.raises(InputError, match="how many positions"):
+        served_context(None, LLAMA)
