@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import qpasses
@@ -36,16 +37,38 @@ def genai_model(folder):
     return og.Model(config)
 
 
-def genai_greedy(model, prompt: list[int], steps: int) -> list[int]:
+def genai_greedy(model, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """genai's greedy tokens and the logits each was picked from [steps, vocab]."""
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(prompt) + steps)
     generator = og.Generator(model, params)
     generator.append_tokens(prompt)
-    tokens = []
+    tokens, logits = [], []
     while not generator.is_done():
+        logits.append(np.asarray(generator.get_logits()).reshape(-1))
         generator.generate_next_token()
         tokens.append(int(generator.get_next_tokens()[0]))
-    return tokens
+    return tokens, np.stack(logits)
+
+
+def decoder_greedy(folder, prompt: list[int], steps: int) -> tuple[list[int], np.ndarray]:
+    """The same from `qpasses generate`'s decoder on the folder's model.onnx."""
+    decoder = Decoder(session(folder / "model.onnx", threads=1))
+    logits, past = decoder.run(prompt, None, 0)
+    tokens, seen = [], []
+    for at in range(steps):
+        seen.append(logits)
+        tokens.append(int(logits.argmax()))
+        if at + 1 < steps:
+            logits, past = decoder.run([tokens[-1]], past, len(prompt) + at)
+    return tokens, np.stack(seen)
+
+
+def assert_same_generation(folder, model, steps: int) -> None:
+    tokens, logits = genai_greedy(model, PROMPT, steps)
+    expected_tokens, expected_logits = decoder_greedy(folder, PROMPT, steps)
+    assert tokens == expected_tokens
+    np.testing.assert_allclose(logits, expected_logits, rtol=0, atol=1e-5)  # equal in practice
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +82,8 @@ def test_the_folder_shares_the_kv_buffer(folder):
     assert (folder / config["model"]["decoder"]["session_options"]["custom_ops_library"]).is_file()
 
 
-def test_genai_greedy_tokens_equal_the_decoders(folder, model):
-    expected, _ = Decoder(session(folder / "model.onnx", threads=1)).generate(PROMPT, STEPS)
-    assert genai_greedy(model, PROMPT, STEPS) == expected
+def test_genai_greedy_tokens_and_logits_equal_the_decoders(folder, model):
+    assert_same_generation(folder, model, STEPS)
 
 
 def test_genai_tokenizer_and_chat_template_equal_the_folders(folder, model):
@@ -81,13 +103,11 @@ def test_genai_tokenizer_and_chat_template_equal_the_folders(folder, model):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_runs_in_genai_as_written(tmp_path, family):
     """The right model.type per family, the shared buffer wherever attention is fused, and the Decoder's
-    greedy tokens past the sliding window (64 positions) of the families that have one."""
+    greedy tokens and logits past the sliding window (64 positions) of the families that have one."""
     save_family(family, tmp_path / family)
     out = tmp_path / "out"
     qpasses.compile(model=str(tmp_path / family), recipe="int4-w4a16-rtn", out=out, no_eval=True, calib_windows=4,
                     threads=1, progress=False, layer_error=False)
     config = json.loads((out / "genai_config.json").read_text())
     assert config["search"]["past_present_share_buffer"] is (family not in UNFUSED)
-    steps = 80
-    expected, _ = Decoder(session(out / "model.onnx", threads=1)).generate(PROMPT, steps)
-    assert genai_greedy(genai_model(out), PROMPT, steps) == expected
+    assert_same_generation(out, genai_model(out), 80)
