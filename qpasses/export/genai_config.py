@@ -15,7 +15,9 @@ Choices, verified with onnxruntime-genai 0.18:
 - `past_present_share_buffer` (genai's fast path: past and present in one preallocated buffer of
   `max_length` positions): true only when every past_key_values input is read by
   com.microsoft GroupQueryAttention alone. An unfused attention concatenates the past (and a
-  graph that reads a past tensor's shape would see the buffer's length, not the past's).
+  graph that reads a past tensor's shape would see the buffer's length, not the past's). The
+  buffer holds `search.max_length` positions (the served context unless the caller passes a
+  smaller max_length to set_search_options): SmolLM2's 8192 are 377 MB of fp32 KV.
 - `custom_ops_library` is the library's file name, relative: genai resolves it in the model
   folder and refuses a path outside it.
 - The compiler's session settings (`qpasses.ort` metadata) map to genai's session_options:
