@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 DESCRIPTION = __doc__.split("`: ", 1)[1]
-API_LEVEL = 21  # ORT_API_VERSION of the headers the library is built with (runtime/fetch_ort_headers.py)
+API_LEVEL = 17  # the ORT API level the library asks for (QPASSES_ORT_API in runtime/src/ops.cc)
 # (op, act_bits, act_format, act_block): weight-only, W4A8, W4A4 of both ops
 CASES = (("MatMulMXFP4", 0, "int", 32), ("MatMulMXFP4", 8, "int", 32), ("MatMulMXFP4", 4, "mxfp", 32),
          ("MatMulInt4", 0, "int", 32), ("MatMulInt4", 8, "int", 32), ("MatMulInt4", 4, "int", 0))
