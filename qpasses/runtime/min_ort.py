@@ -21,7 +21,7 @@ from qpasses.errors import InputError
 NEWEST_CHECKED = "1.32"  # the onnxruntime the project is developed and tested on
 METADATA_KEY = "qpasses.onnxruntime_min"
 PRESENT = "present"  # an attribute condition that any value satisfies
-INT4_TYPES = (21, 22)  # TensorProto.UINT4, TensorProto.INT4
+UINT8, INT4_TYPES = 2, (21, 22)  # TensorProto.UINT8; TensorProto.UINT4, TensorProto.INT4
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ OP_RULES = (
            "fails at run time before 1.23", attrs={"bits": (8,), "accuracy_level": (0, 1, 2, 3)}),
     OpRule(MS_DOMAIN, "GatherBlockQuantized", "1.20", "GatherBlockQuantized exists from 1.20 (int4/uint4 data)"),
     OpRule(MS_DOMAIN, "GatherBlockQuantized", "1.22", "GatherBlockQuantized takes uint8 (packed) data from 1.22",
-           dtype=(0, (2,))),
-    OpRule(MS_DOMAIN, "GatherBlockQuantized", "1.23", "GatherBlockQuantized has the 'bits' attribute from 1.23 "
-           "(1.21/1.22: Unrecognized attribute: bits)", attrs={"bits": PRESENT}),
+           dtype=(0, (UINT8,))),
+    OpRule(MS_DOMAIN, "GatherBlockQuantized", "1.23", "GatherBlockQuantized has the 'bits' attribute (INT8 "
+           "tables) from 1.23 (1.21/1.22: Unrecognized attribute: bits)", attrs={"bits": PRESENT}),
     OpRule(MS_DOMAIN, "GroupQueryAttention", "1.18", "GroupQueryAttention on CPU (7 or 9 inputs, "
            "local_window_size, do_rotary) from 1.18"),
     OpRule(MS_DOMAIN, "GroupQueryAttention", "1.19", "GroupQueryAttention's smooth_softmax from 1.19",
