@@ -29,6 +29,8 @@ from qpasses.passes.coverage import unquantized_sites
 from qpasses.passes.manager import PassManager
 from qpasses.passes.notes import Notes
 from qpasses.recipe import DEFAULT_RECIPE, load_recipe
+from qpasses.runtime.min_ort import METADATA_KEY as ORT_MIN_KEY
+from qpasses.runtime.min_ort import minimum_onnxruntime, record
 
 
 @dataclass
@@ -266,6 +268,7 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes, ru
         **notes.to_json(),
         "runtime": runtime or {},
         "versions": json.loads(metadata["qpasses.versions"]),
+        **({"onnxruntime_min": json.loads(metadata[ORT_MIN_KEY])} if ORT_MIN_KEY in metadata else {}),
     }
 
 
@@ -281,11 +284,13 @@ def save(final, folder: Path, loaded, recipe, metadata: dict[str, str], max_cont
     models = OnnxModels(logits=final.models["logits"], decoder=final.models.get("decoder"))
     graph = deployed_graph(models)
     finalize(graph)
+    # the oldest onnxruntime that runs the written graph: into its metadata, the manifest and README
+    metadata[ORT_MIN_KEY] = json.dumps(record(*minimum_onnxruntime(graph)))
     write_deployment(models, folder, loaded.tokenizer, metadata)
     runtime = copy_runtime(graph, folder, runtime_copy)
     files = {p.name for p in folder.iterdir()} | {"report.md", "report.json", "manifest.json"}  # those come last
     (folder / "README.md").write_text(folder_readme(loaded.name, recipe, metadata["qpasses.version"],
                                                     json.loads(metadata["qpasses.ort"]), set(graph.opset_imports),
                                                     max_context, files=files, step_graph=models.decoder is not None,
-                                                    runtime=runtime))
+                                                    runtime=runtime, ort_min=json.loads(metadata[ORT_MIN_KEY])))
     return runtime

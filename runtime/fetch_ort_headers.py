@@ -9,7 +9,7 @@ unpacks only `usr/include/onnxruntime` into the cache:
     $QPASSES_CACHE (default ~/.cache/qpasses) / ort-headers / <version> / onnxruntime_c_api.h ...
 
 It prints that folder on stdout and is idempotent (a second call only prints). The headers set
-ORT_API_VERSION 21, so the library runs in onnxruntime >= 1.21. Standard library only: CMake
+ORT_API_VERSION 21; the library asks for API 17 (ops.cc) and runs in onnxruntime >= 1.17. Standard library only: CMake
 runs it at configure time inside pip's isolated build environment.
 """
 

@@ -154,6 +154,11 @@ def test_max_context_caps_the_rotary_tables_and_says_so(tmp_path, capsys):
     readme = (out / "README.md").read_text()
     assert "decodes up to 64 positions" in readme
     assert "max_position_embeddings (2048), capped by --max-context 64" in readme
+    # the oldest onnxruntime (GroupQueryAttention's attention_bias: 1.22) in the manifest, metadata, README
+    assert manifest["onnxruntime_min"]["version"] == "1.22"
+    meta = {p.key: p.value for p in decoder.metadata_props}
+    assert json.loads(meta["qpasses.onnxruntime_min"]) == manifest["onnxruntime_min"]
+    assert "onnxruntime 1.22 or newer (" in readme
     # generate stops at the last position the tables serve, and refuses a prompt that does not fit
     capsys.readouterr()
     assert main(["generate", str(out), "--prompt", "x" * 40, "--raw", "--max-tokens", "100", "--threads", "1"]) == 0
@@ -294,3 +299,49 @@ def test_a_failure_after_export_leaves_nothing_behind(tmp_path, text, monkeypatc
     assert run("--recipe", "int4-w4a16-rtn", "--eval-windows", 1, "--text", text, "--out", out) == 2
     assert "simulated" in error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def _doctor_folder(tmp_path, need=None):
+    """A folder holding one tiny graph (GroupQueryAttention with 11 inputs: onnxruntime >= 1.22),
+    with a `qpasses.onnxruntime_min` metadata entry `need` when given."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from qpasses.runtime.min_ort import METADATA_KEY
+
+    node = helper.make_node("GroupQueryAttention", ["x"] * 7 + ["", "", "", "x"], ["y"], domain="com.microsoft",
+                            num_heads=1, kv_num_heads=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
+    if need:
+        helper.set_model_props(model, {METADATA_KEY: json.dumps({"version": need, "reasons": ["a reason"]})})
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    return tmp_path
+
+
+def test_doctor_checks_a_folder_against_its_graphs_need(tmp_path, capsys):
+    import onnxruntime as ort
+
+    from qpasses.cli.doctor import Report, check_folder
+
+    rep = Report()
+    assert check_folder(rep, _doctor_folder(tmp_path))
+    assert check_folder(rep, tmp_path / "model.onnx")
+    out = capsys.readouterr().out
+    assert (f"[  ok] graphs of {tmp_path}: need onnxruntime >= 1.22 (from the graphs: GroupQueryAttention's inputs "
+            f"10-11") in out and f"{ort.__version__} is installed" in out
+    assert not check_folder(rep, _doctor_folder(tmp_path, need="99.0"))
+    out = capsys.readouterr().out
+    assert "need onnxruntime >= 99.0 (from the metadata: a reason)" in out
+    assert "what to do: pip install 'onnxruntime>=99.0'" in out
+    assert not check_folder(rep, tmp_path / "nothing")
+    assert f"{tmp_path / 'nothing'} does not exist" in capsys.readouterr().out
+
+
+def test_doctor_takes_a_folder_argument(tmp_path, capsys):
+    assert main(["doctor", str(_doctor_folder(tmp_path, need="99.0"))]) == 1
+    assert "what to do: pip install 'onnxruntime>=99.0'" in capsys.readouterr().out

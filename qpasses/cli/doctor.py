@@ -1,17 +1,19 @@
 """`qpasses doctor`: is this machine ready to run qpasses files? Checks the onnxruntime version
 against the API level the runtime library was built for, that the library loads, which kernel
 paths (ISAs) this CPU and build run, and runs a small op of every kind under every path against
-the numpy reference. Prints one line per check and what to do when one fails."""
+the numpy reference; given a deployed folder (or .onnx file), also the onnxruntime version against
+the oldest its graphs run on. Prints one line per check and what to do when one fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 DESCRIPTION = __doc__.split("`: ", 1)[1]
-API_LEVEL = 21  # ORT_API_VERSION of the headers the library is built with (runtime/fetch_ort_headers.py)
+API_LEVEL = 17  # the ORT API level the library asks for (QPASSES_ORT_API in runtime/src/ops.cc)
 # (op, act_bits, act_format, act_block): weight-only, W4A8, W4A4 of both ops
 CASES = (("MatMulMXFP4", 0, "int", 32), ("MatMulMXFP4", 8, "int", 32), ("MatMulMXFP4", 4, "mxfp", 32),
          ("MatMulInt4", 0, "int", 32), ("MatMulInt4", 8, "int", 32), ("MatMulInt4", 4, "int", 0))
@@ -37,6 +39,64 @@ def check_versions(rep: Report) -> bool:
     return rep.line((major, minor) >= (1, API_LEVEL), "onnxruntime",
                     f"{ort.__version__} (the library needs ORT API level {API_LEVEL}: onnxruntime >= 1.{API_LEVEL})",
                     f"pip install 'onnxruntime>=1.{API_LEVEL}' (the project pins the tested one)")
+
+
+def graph_files(target: Path) -> list[Path]:
+    """The ONNX graphs of a folder (or the one file given)."""
+    from qpasses.errors import InputError
+
+    if target.is_dir():
+        files = sorted(target.glob("*.onnx"))
+        if not files:
+            raise InputError(f"{target} holds no .onnx file; give a folder written by qpasses run, or a .onnx file")
+        return files
+    if not target.is_file():
+        raise InputError(f"{target} does not exist")
+    return [target]
+
+
+def folder_need(target: Path) -> tuple[str, list[str], str]:
+    """(version, reasons, source) the graphs of `target` need: their qpasses.onnxruntime_min
+    metadata when every graph has it (source "metadata"), else computed from the graphs ("graphs")."""
+    import onnx
+
+    from qpasses.errors import InputError
+    from qpasses.runtime.min_ort import METADATA_KEY, combine, minimum_onnxruntime
+
+    needs, source = [], "metadata"
+    for path in graph_files(target):
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001  (protobuf decode errors have no common public base)
+            raise InputError(f"{path} is not a readable ONNX file: {str(e).strip().splitlines()[0][:200]}") from e
+        meta = {p.key: p.value for p in proto.metadata_props}
+        if METADATA_KEY in meta:
+            entry = json.loads(meta[METADATA_KEY])
+            needs += [(entry["version"], why) for why in entry.get("reasons", [])] or [(entry["version"], "")]
+        else:
+            version, reasons = minimum_onnxruntime(proto)
+            needs += [(version, why) for why in reasons]
+            source = "graphs"
+    version, reasons = combine(needs)
+    return version, [r for r in reasons if r], source
+
+
+def check_folder(rep: Report, target: Path) -> bool:
+    import onnxruntime as ort
+
+    from qpasses.errors import InputError
+    from qpasses.runtime.min_ort import version_key
+
+    try:
+        need, reasons, source = folder_need(target)
+    except (InputError, ValueError, KeyError, TypeError) as e:
+        return rep.line(False, f"graphs of {target}", str(e).splitlines()[0],
+                        "give a folder written by qpasses run, or a .onnx file")
+    ok = version_key(ort.__version__) >= version_key(need)
+    return rep.line(ok, f"graphs of {target}",
+                    f"need onnxruntime >= {need} (from the {source}: {'; '.join(reasons)}), "
+                    f"{ort.__version__} is installed",
+                    f"pip install 'onnxruntime>={need}'")
 
 
 def check_library(rep: Report) -> bool:
@@ -108,6 +168,9 @@ def check_kernels(rep: Report) -> bool:
 
 def run(args) -> int:
     rep = Report()
+    folder = getattr(args, "folder", None)
+    if folder is not None:
+        check_folder(rep, folder)
     if check_versions(rep) and check_library(rep):
         check_kernels(rep)
     print("all checks passed" if not rep.failed else f"{rep.failed} check(s) failed", file=sys.stderr)

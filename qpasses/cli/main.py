@@ -143,8 +143,11 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_generate)
     from qpasses.cli import doctor
 
-    sub.add_parser("doctor", help="check onnxruntime, the runtime library and its kernels on this machine",
-                   description=doctor.DESCRIPTION).set_defaults(func=doctor.run)
+    d = sub.add_parser("doctor", help="check onnxruntime, the runtime library and its kernels on this machine",
+                       description=doctor.DESCRIPTION)
+    d.add_argument("folder", nargs="?", type=Path,
+                   help="a deployed folder (or one .onnx file): also check onnxruntime against what its graphs need")
+    d.set_defaults(func=doctor.run)
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(func=_recipes)
     return p
 

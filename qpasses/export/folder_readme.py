@@ -20,13 +20,14 @@ LOGITS_GRAPH = "| model.onnx | logits graph: input_ids, attention_mask [batch, s
 
 def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str],
                   max_context: dict | None = None, files: set[str] | None = None, step_graph: bool = True,
-                  runtime: dict | None = None) -> str:
+                  runtime: dict | None = None, ort_min: dict | None = None) -> str:
     """`recipe`: the Recipe run; `ort`: the session settings of the graph's `qpasses.ort` metadata;
     `domains`: the operator domains the graph imports; `max_context`: the manifest's record of the
     decoder's rotary tables (fuse_attention; empty or None: no tables, no limit to state); `files`:
     the names the finished folder holds, which are all the table lists (None: every file of a model
     input's layout); `step_graph`: model.onnx is the KV-cache step graph (else a logits graph);
-    `runtime`: the manifest's record of the custom-op library (file, platform, in the folder)."""
+    `runtime`: the manifest's record of the custom-op library (file, platform, in the folder);
+    `ort_min`: the manifest's `onnxruntime_min` (version and reasons)."""
     config = ort.get("config") or {}
     custom = DOMAIN in domains
     runtime = runtime or {}
@@ -88,7 +89,8 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
                      else "  # python -c 'import qpasses.runtime as r; print(r.library_path())'"))
     lines += [f"so.add_session_config_entry({k!r}, {v!r})" for k, v in sorted(config.items())]
     lines += ["sess = ort.InferenceSession(\"FOLDER/model.onnx\", so, providers=[\"CPUExecutionProvider\"])", "```", ""]
-    lines += ["C/C++ (onnxruntime C++ API, 1.17 or newer):", "", "```cpp", "Ort::Env env;", "Ort::SessionOptions so;"]
+    lines += [*minimum_lines(ort_min), "C/C++ (onnxruntime C++ API):", "", "```cpp", "Ort::Env env;",
+              "Ort::SessionOptions so;"]
     if custom:
         lines.append(f"so.RegisterCustomOpsLibrary(ORT_TSTR(\"{library}\"));")
     lines += [f"so.AddConfigEntry(\"{k}\", \"{v}\");" for k, v in sorted(config.items())]
@@ -101,6 +103,15 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
               f"`{json.dumps(ort) if ort else 'none'}`.", ""]
     lines += context_lines(max_context or {})
     return "\n".join(lines)
+
+
+def minimum_lines(ort_min: dict | None) -> list[str]:
+    """The oldest onnxruntime (Python or C/C++) the graphs run on, and why; nothing when unknown."""
+    if not ort_min:
+        return []
+    why = "; ".join(ort_min.get("reasons", []))
+    return [f"Python or C/C++: onnxruntime {ort_min['version']} or newer ({why}; `qpasses doctor .` checks "
+            "the installed one).", ""]
 
 
 def _listed(line: str, files: set[str]) -> str | None:

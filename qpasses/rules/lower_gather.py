@@ -66,7 +66,10 @@ class ToGatherBlockQuantized(GatherRule):
         v, nb = q.scales.shape
         data = init(op, f"{w.name}.qweight", pack_matmulnbits(q)["B"], near=w)
         scales = init(op, f"{w.name}.qscales_rows", q.scales.reshape(v, nb, 1).astype(np.float32))
-        return op.GatherBlockQuantized(data, ids, scales, _domain=MS_DOMAIN, bits=q.fmt.bits,
+        # `bits` defaults to 4 and exists from onnxruntime 1.23 only: written for INT8 alone, an INT4
+        # table loads from 1.22 (runtime.min_ort).
+        bits = {"bits": q.fmt.bits} if q.fmt.bits != 4 else {}
+        return op.GatherBlockQuantized(data, ids, scales, _domain=MS_DOMAIN, **bits,
                                        block_size=q.codes.shape[2], quantize_axis=2, gather_axis=0)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from qpasses.domain import DOMAIN
 from qpasses.errors import InputError
 from qpasses.runtime.library import library_path
+from qpasses.runtime.min_ort import check_installed, metadata_minimum
 
 ORT_OPT_LEVELS = {"disable", "basic", "extended", "all"}
 DEFAULT_OPTIMIZATION = "all"
@@ -82,11 +83,14 @@ def ort_session(path: Path | str, threads: int | None = None, optimization: str 
     `ORT_OPT_LEVELS`; with `extra_config` it overrides the model's `qpasses.ort` metadata.
     register_libraries: custom-op shared libraries to register before the model is loaded; by
     default our own (qpasses.runtime) when the model imports its domain.
-    A missing or corrupt model, external-data file or library raises `InputError`."""
+    A missing or corrupt model, external-data file or library raises `InputError`, and so does an
+    onnxruntime older than the model's `qpasses.onnxruntime_min` metadata (runtime.min_ort)."""
     import onnxruntime as ort
 
     path = Path(path)
     proto = _read_model(path)
+    need = metadata_minimum({p.key: p.value for p in proto.metadata_props}, str(path))
+    check_installed(need, ort.__version__, str(path))
     settings = _settings(proto, path, optimization, extra_config)
     if not register_libraries and any(op.domain == DOMAIN for op in proto.opset_import):
         register_libraries = [str(library_path())]

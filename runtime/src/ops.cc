@@ -19,6 +19,14 @@
 #include "prepack.h"
 #include "inputs.h"
 
+// The oldest ORT API level the library calls into: the newest function it uses is
+// KernelContext_ParallelFor (API 17). The headers may be newer (ORT_API_VERSION 21); every API
+// table up to the runtime's own version holds the functions of all earlier levels, and our ops
+// declare this level as their OrtCustomOp::version (ORT refuses an op newer than itself; the
+// OrtCustomOp fields of levels 18-21, in-place and alias hints, are ones we leave unset anyway).
+#define QPASSES_ORT_API 17
+static_assert(QPASSES_ORT_API <= ORT_API_VERSION, "the headers are older than the API level the library needs");
+
 namespace qpasses {
 namespace {
 
@@ -301,6 +309,7 @@ class Kernel {
 
 template <bool MXFP4>
 struct MatMulOp : Ort::CustomOpBase<MatMulOp<MXFP4>, Kernel, true> {
+  MatMulOp() { this->version = QPASSES_ORT_API; }
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
       *kernel = new Kernel(api, info, MXFP4);
@@ -330,11 +339,12 @@ struct MatMulOp : Ort::CustomOpBase<MatMulOp<MXFP4>, Kernel, true> {
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
                                                                                const OrtApiBase* base) {
-  const OrtApi* api = base->GetApi(ORT_API_VERSION);
+  const OrtApi* api = base->GetApi(QPASSES_ORT_API);
   if (!api)
     return base->GetApi(1)->CreateStatus(
-        ORT_FAIL, "qpasses runtime: this onnxruntime is older than the headers the library was built with "
-                  "(ORT API version " QPASSES_STR(ORT_API_VERSION) "); use onnxruntime >= 1.21");
+        ORT_FAIL, (std::string("qpasses runtime: onnxruntime ") + base->GetVersionString() +
+                   " is too old for libqpasses_ops.so; it needs onnxruntime >= 1." QPASSES_STR(QPASSES_ORT_API) " (ORT API " QPASSES_STR(QPASSES_ORT_API) ")")
+                      .c_str());
   Ort::InitApi(api);
   static qpasses::MatMulOp<true> mxfp4;
   static qpasses::MatMulOp<false> int4;

@@ -151,3 +151,24 @@ def test_onnxruntime_rejection_is_one_line(tmp_path):
     with pytest.raises(InputError, match="onnxruntime cannot load") as info:
         ort_session(tmp_path / "m.onnx")
     assert "\n" not in str(info.value)
+
+
+def test_a_model_needing_a_newer_onnxruntime_is_refused_in_one_line(tmp_path):
+    import onnxruntime as ort
+
+    from qpasses.runtime import session
+    from qpasses.runtime.min_ort import METADATA_KEY as MIN_KEY
+
+    path = tmp_path / "m.onnx"
+    dq_matmul_model(path)
+    model = onnx.load(str(path))
+    for need, ok in (("1.17", True), (ort.__version__, True), ("99.0", False)):
+        helper.set_model_props(model, {MIN_KEY: json.dumps({"version": need, "reasons": ["why"]})})
+        onnx.save(model, str(path))
+        if ok:
+            ort_session(path, threads=1)
+            continue
+        for make in (ort_session, session):
+            with pytest.raises(InputError, match=rf"^{path} needs onnxruntime >= 99.0, but {ort.__version__} is "
+                                                 r"installed; pip install 'onnxruntime>=99.0'$"):
+                make(path)

@@ -32,3 +32,9 @@ def test_files_the_folder_lacks_are_not_listed():
     assert NO_DECODER in text and "qpasses generate" not in text.replace(NO_DECODER, "")
     assert "--no-runtime-copy" in text and "/path/to/libqpasses_ops.so" in text
     assert 'session("model.onnx")' in text
+
+
+def test_the_readme_names_the_oldest_onnxruntime_and_why():
+    text = folder_readme("tiny", RECIPE, "0.1", {}, {""}, ort_min={"version": "1.22", "reasons": ["GQA input 11"]})
+    assert "onnxruntime 1.22 or newer (GQA input 11; `qpasses doctor .`" in text
+    assert "1.17 or newer" not in text and "or newer" not in readme()

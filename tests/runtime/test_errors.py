@@ -74,3 +74,30 @@ def test_library_exports_only_its_entry_point():
         pytest.skip("nm is not available")
     assert [line.split()[-1] for line in out.stdout.splitlines()] == ["RegisterCustomOps"]
 
+
+
+@pytest.mark.slow
+def test_an_older_onnxruntime_gets_one_line_naming_the_version_needed():
+    """The library asks for ORT API 17: onnxruntime 1.16 (API 16, its PyPI wheel in a cached venv)
+    refuses it at registration with one line naming both versions."""
+    import subprocess
+    import sys
+
+    from qpasses.cache import cache_dir
+    from qpasses.runtime import library_path
+
+    env = cache_dir() / "venvs" / "onnxruntime-1.16.3"
+    python = env / "bin" / "python"
+    if not python.exists():
+        made = subprocess.run([sys.executable, "-m", "venv", str(env)], capture_output=True)
+        if made.returncode == 0:
+            made = subprocess.run([str(python), "-m", "pip", "install", "-q", "onnxruntime==1.16.3", "numpy<2"],
+                                  capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot install onnxruntime 1.16.3: {str(made.stderr).strip().splitlines()[-1:]}")
+    code = "import sys, onnxruntime as o; o.SessionOptions().register_custom_ops_library(sys.argv[1])"
+    out = subprocess.run([str(python), "-c", code, str(library_path())], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "qpasses runtime: onnxruntime 1.16.3 is too old for libqpasses_ops.so; it needs onnxruntime >= 1.17 "
+        "(ORT API 17)")
