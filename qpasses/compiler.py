@@ -124,11 +124,13 @@ def _run(opts: Options, log, prof) -> dict:
             ppl["fp"] = evaluator.ort(loaded.onnx_path, "fp (ONNX input)")
     release_free_memory()
     t_quant = time.perf_counter()
+    configs = None
     if loaded.kind == "torch":
         with stage("capture"):
             graph = stage_a(loaded.model)
         # The programs now hold the weights, and replace them one by one: a model kept here would
         # be a second full copy of the weights by the end of stage A.
+        configs = model_configs(loaded.model)  # for the runners' files, written with the folder
         loaded = dataclasses.replace(loaded, model=None, parameters=rep.weight_count(loaded))
         release_free_memory()
     else:
@@ -176,7 +178,7 @@ def _run(opts: Options, log, prof) -> dict:
     metadata = provenance(recipe, results, loaded, ctx)
     with staged(out, opts.force) as folder:  # the folder appears whole, report included, or not at all
         with stage("write"):
-            runtime = save(final, folder, loaded, recipe, metadata, ctx.notes.max_context, opts.runtime_copy)
+            runtime = save(final, folder, loaded, recipe, metadata, ctx.notes.max_context, opts.runtime_copy, configs)
         probe_seconds = probe.seconds if probe else 0.0
         quantize_seconds = time.perf_counter() - t_quant - t_eval["seconds"] - probe_seconds
         rep.write_json(folder / "manifest.json", manifest(recipe, results, loaded, metadata, ctx.notes, runtime))
@@ -272,11 +274,19 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes, ru
     }
 
 
+def model_configs(model) -> dict:
+    """The model's Hugging Face config and generation config as dicts ({"config", "generation"})."""
+    generation = getattr(model, "generation_config", None)
+    return {"config": model.config.to_dict(), "generation": generation.to_dict() if generation is not None else None}
+
+
 def save(final, folder: Path, loaded, recipe, metadata: dict[str, str], max_context: dict | None = None,
-         runtime_copy: bool = True) -> dict:
-    """Write the folder's files but the report and manifest; returns the manifest's `runtime` record."""
+         runtime_copy: bool = True, configs: dict | None = None) -> dict:
+    """Write the folder's files but the report and manifest; returns the manifest's `runtime` record.
+    `configs` (`model_configs`; None for an ONNX input) give the runners' files: genai_config.json."""
     from qpasses.export.deploy import deployed_graph, write_deployment
     from qpasses.export.folder_readme import folder_readme
+    from qpasses.export.genai_config import served_context, write_genai_config
     from qpasses.export.onnx_export import OnnxModels
     from qpasses.export.runtime_copy import copy_runtime
     from qpasses.ir.cleanup import finalize
@@ -288,6 +298,9 @@ def save(final, folder: Path, loaded, recipe, metadata: dict[str, str], max_cont
     metadata[ORT_MIN_KEY] = json.dumps(record(*minimum_onnxruntime(graph)))
     write_deployment(models, folder, loaded.tokenizer, metadata)
     runtime = copy_runtime(graph, folder, runtime_copy)
+    if configs and models.decoder is not None:
+        write_genai_config(folder, graph, configs["config"], configs["generation"],
+                           served_context(max_context, configs["config"]), runtime.get("library"))
     files = {p.name for p in folder.iterdir()} | {"report.md", "report.json", "manifest.json"}  # those come last
     (folder / "README.md").write_text(folder_readme(loaded.name, recipe, metadata["qpasses.version"],
                                                     json.loads(metadata["qpasses.ort"]), set(graph.opset_imports),
