@@ -85,11 +85,11 @@ def test_generates_the_tokens_of_the_python_decoder(program, folder):
     assert "tokens/s" in proc.stderr and f"library {folder / 'libqpasses_ops.so'}" in proc.stderr
 
 
-def _with_settings(folder: Path, to: Path, value: str) -> Path:
-    """A copy of `folder` whose model.onnx carries `value` as its qpasses.ort metadata."""
+def _with_settings(folder: Path, to: Path, value: str, key: str = "qpasses.ort") -> Path:
+    """A copy of `folder` whose model.onnx carries `value` as its `key` metadata."""
     shutil.copytree(folder, to)
     model = onnx.load(str(to / "model.onnx"), load_external_data=False)
-    entry = next(p for p in model.metadata_props if p.key == "qpasses.ort")
+    entry = next(p for p in model.metadata_props if p.key == key)
     entry.value = value
     onnx.save(model, str(to / "model.onnx"))
     return to
@@ -109,6 +109,7 @@ def test_applies_the_session_settings_of_the_metadata(program, folder, tmp_path)
     ("no library", "uses the qpasses custom ops but"),
     ("missing --ops", "custom-op library /nonexistent/libx.so does not exist"),
     ("bad metadata", "metadata qpasses.ort of"),
+    ("too old an onnxruntime", "model.onnx needs onnxruntime >= 9.1, but this is 1."),
     ("bad steps", "STEPS must be an integer >= 1"),
 ])
 def test_bad_input_is_one_line(program, folder, tmp_path, case, expected):
@@ -121,6 +122,8 @@ def test_bad_input_is_one_line(program, folder, tmp_path, case, expected):
         extra = ["--ops", "/nonexistent/libx.so"]
     elif case == "bad metadata":
         target = _with_settings(folder, tmp_path / "copy", '{"optimization": "fastest"}')
+    elif case == "too old an onnxruntime":  # the folder's need (qpasses.onnxruntime_min) above the installed release
+        target = _with_settings(folder, tmp_path / "copy", '{"version": "9.1", "reasons": []}', "qpasses.onnxruntime_min")
     steps = 0 if case == "bad steps" else STEPS
     proc = generate(program, *extra, target, steps, *PROMPT)
     assert proc.returncode == 1 and proc.stdout == ""

@@ -38,6 +38,7 @@ constexpr const char* kModelFile = "model.onnx";
 constexpr const char* kLibraryFile = "libqpasses_ops.so";
 constexpr const char* kCustomDomain = "qpasses";
 constexpr const char* kSettingsKey = "qpasses.ort";
+constexpr const char* kMinimumKey = "qpasses.onnxruntime_min";
 constexpr const char* kPastPrefix = "past_key_values.";
 constexpr const char* kPresentPrefix = "present.";
 
@@ -197,10 +198,32 @@ Options parse_options(int argc, char** argv) {
   return options;
 }
 
+// major * 1000 + minor of "1.22" / "1.32.0" (0 when it is not a version).
+int version_key(const std::string& version) {
+  int major = 0, minor = 0;
+  return std::sscanf(version.c_str(), "%d.%d", &major, &minor) == 2 ? major * 1000 + minor : 0;
+}
+
+// The folder's own floor: the `qpasses.onnxruntime_min` metadata ({"version": "1.22", "reasons": [...]}),
+// the oldest onnxruntime that runs the graph's ops; an older one would fail on some op's schema.
+void check_minimum(const ModelHeader& header, const fs::path& model, const std::string& installed) {
+  const auto it = header.metadata.find(kMinimumKey);
+  if (it == header.metadata.end()) return;
+  const std::string tag = "\"version\": \"";
+  const size_t at = it->second.find(tag);
+  const std::string need = at == std::string::npos ? "" : it->second.substr(at + tag.size(),
+                                                                            it->second.find('"', at + tag.size()) - at - tag.size());
+  if (version_key(need) > version_key(installed))
+    throw Error(model.string() + " needs onnxruntime >= " + need + ", but this is " + installed +
+                " (point LD_LIBRARY_PATH at a newer libonnxruntime.so.1)");
+}
+
 // Session options as qpasses.runtime.session makes them: the metadata's optimization level and
 // config entries, our library registered (CPU provider, the default). `described` gets one line.
-Ort::SessionOptions session_options(const Options& options, const fs::path& model, std::string& described) {
+Ort::SessionOptions session_options(const Options& options, const fs::path& model, const std::string& version,
+                                    std::string& described) {
   const ModelHeader header = read_model_header(model);
+  check_minimum(header, model, version);
   SessionSettings settings;
   if (auto it = header.metadata.find(kSettingsKey); it != header.metadata.end())
     settings = parse_session_settings(it->second, "metadata " + std::string(kSettingsKey) + " of " + model.string());
@@ -264,7 +287,7 @@ void run(const Options& options) {
 
   Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "generate");
   std::string settings;
-  Ort::SessionOptions so = session_options(options, model, settings);
+  Ort::SessionOptions so = session_options(options, model, version, settings);
   std::unique_ptr<Ort::Session> session;
   try {
     session = std::make_unique<Ort::Session>(env, model.c_str(), so);
