@@ -15,6 +15,13 @@ NO_DECODER = ("This folder's model.onnx has no KV cache (it was compiled from an
 STEP_GRAPH = ("| model.onnx | KV-cache step graph: input_ids, attention_mask [batch, past + seq], position_ids, "
               "past_key_values.{i}.key/value [batch, kv_heads, past, head_dim] -> logits, present.{i}.key/value "
               "(an empty past runs a whole sequence) |")
+GENAI = ["onnxruntime-genai (reads genai_config.json; loads the library from this folder):", "", "```python",
+         "import onnxruntime_genai as og",
+         "model = og.Model(\"FOLDER\"); tokenizer = og.Tokenizer(model)",
+         "params = og.GeneratorParams(model); params.set_search_options(max_length=256)",
+         "generator = og.Generator(model, params); generator.append_tokens(tokenizer.encode(\"Hello\"))",
+         "while not generator.is_done(): generator.generate_next_token()",
+         "print(tokenizer.decode(generator.get_sequence(0)))", "```", ""]
 LOGITS_GRAPH = "| model.onnx | logits graph: input_ids, attention_mask [batch, seq] -> logits [batch, seq, vocab] |"
 
 
@@ -46,6 +53,7 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
         "| model.onnx.data | its weights (external data; keep it next to model.onnx) |",
         f"| {LIBRARY_NAME} | the custom-op library the graph needs, built for "
         f"{runtime.get('platform', 'this platform')} (other platforms: compile with a stock-op lowering target) |",
+        "| genai_config.json | onnxruntime-genai's configuration: I/O names, KV shapes, library, search defaults |",
         "| tokenizer.json, tokenizer_config.json, chat_template.jinja | tokenizer and chat template |",
         "| report.md, report.json, manifest.json | accuracy, size, speed; the recipe as run and tool versions |",
         "",
@@ -89,7 +97,10 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
                      else "  # python -c 'import qpasses.runtime as r; print(r.library_path())'"))
     lines += [f"so.add_session_config_entry({k!r}, {v!r})" for k, v in sorted(config.items())]
     lines += ["sess = ort.InferenceSession(\"FOLDER/model.onnx\", so, providers=[\"CPUExecutionProvider\"])", "```", ""]
-    lines += [*minimum_lines(ort_min), "C/C++ (onnxruntime C++ API):", "", "```cpp", "Ort::Env env;",
+    if files is None or "genai_config.json" in files:
+        lines += GENAI
+    lines += [*minimum_lines(ort_min), "C/C++ (onnxruntime C++ API; a whole greedy generator: qpasses' examples/cpp):",
+              "", "```cpp", "Ort::Env env;",
               "Ort::SessionOptions so;"]
     if custom:
         lines.append(f"so.RegisterCustomOpsLibrary(ORT_TSTR(\"{library}\"));")
