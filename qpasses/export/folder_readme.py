@@ -55,6 +55,8 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
         f"{runtime.get('platform', 'this platform')} (other platforms: compile with a stock-op lowering target) |",
         "| genai_config.json | onnxruntime-genai's configuration: I/O names, KV shapes, library, search defaults |",
         "| tokenizer.json, tokenizer_config.json, chat_template.jinja | tokenizer and chat template |",
+        "| config.json, generation_config.json | Hugging Face model and generation settings (transformers 4.x and "
+        "5.x; what optimum's ORTModelForCausalLM reads) |",
         "| report.md, report.json, manifest.json | accuracy, size, speed; the recipe as run and tool versions |",
         "",
         "## Run it",

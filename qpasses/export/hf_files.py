@@ -14,7 +14,7 @@ The tokenizer: 5.x writes `"tokenizer_class": "TokenizersBackend"`, a class 4.x 
 `PreTrainedTokenizerFast` is that same class in 5.x (an alias) and the tokenizer.json-backed class
 in 4.x. Load arguments that leaked into the file (`is_local`, `local_files_only`) are dropped.
 
-Config objects are passed in (duck-typed, `to_dict()`): nothing here imports transformers.
+The configs come in as dicts (`to_dict()` of the transformers objects): nothing here imports transformers.
 """
 
 from __future__ import annotations
@@ -30,16 +30,19 @@ _LOAD_ARGUMENTS = ("is_local", "local_files_only")  # from_pretrained arguments,
 _DROP = ("_name_or_path", "_commit_hash", "_attn_implementation_autoset", "transformers_version")
 
 
-def write_hf_files(folder: Path, config=None, generation_config=None, architecture: str | None = None) -> list[Path]:
-    """Write config.json and generation_config.json (when `config` is given: a transformers config
-    of the compiled model; an ONNX input has none) and make tokenizer_config.json loadable by
-    transformers 4.x and 5.x (when the folder has one). Returns the files written or changed."""
+def write_hf_files(folder: Path, configs: dict | None = None) -> list[Path]:
+    """Write config.json and generation_config.json from `configs` (the compiler's
+    `model_configs(model)`: {"config": dict, "generation": dict or None, "architecture": class
+    name}; None for an ONNX input, which has no config: nothing written) and make
+    tokenizer_config.json loadable by transformers 4.x and 5.x (when the folder has one).
+    Returns the files written or changed."""
     folder = Path(folder)
     written = []
-    if config is not None:
-        written.append(_dump(folder / CONFIG_FILE, portable_config(config.to_dict(), architecture)))
-        generation = generation_config.to_dict() if generation_config is not None else {}
-        written.append(_dump(folder / GENERATION_FILE, portable_generation_config(generation, config.to_dict())))
+    if configs:
+        config = configs["config"]
+        written.append(_dump(folder / CONFIG_FILE, portable_config(config, configs.get("architecture"))))
+        generation = configs.get("generation") or {}
+        written.append(_dump(folder / GENERATION_FILE, portable_generation_config(generation, config)))
     tokenizer = folder / TOKENIZER_CONFIG_FILE
     if tokenizer.is_file():
         written.append(_dump(tokenizer, portable_tokenizer_config(json.loads(tokenizer.read_text()))))

@@ -7,8 +7,8 @@ from qpasses.export.folder_readme import LOGITS_GRAPH, NO_DECODER, STEP_GRAPH, f
 
 RECIPE = SimpleNamespace(name="int4-w4a16-rtn", description="INT4 weights")
 LAYOUT = {"model.onnx", "model.onnx.data", "libqpasses_ops.so", "genai_config.json", "tokenizer.json",
-          "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "report.md", "report.json",
-          "manifest.json"}
+          "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "config.json",
+          "generation_config.json", "report.md", "report.json", "manifest.json"}
 RUNTIME = {"library": "libqpasses_ops.so", "platform": "linux-x86_64-glibc2.36", "in_folder": True}
 
 
