@@ -1,7 +1,9 @@
 """Greedy generation with Hugging Face optimum (ORTModelForCausalLM) from a deployed folder, as a
 user would write it; run in the optimum venv (tests/runner_venv.py), so it imports no qpasses.
 
-    python optimum_generate.py FOLDER LIBRARY '{"prompt": [ids], "steps": N, "threads": T}'
+    python optimum_generate.py FOLDER LIBRARY '{"prompt": [ids], "steps": N, "threads": T, "config": {...}}'
+
+`config`: the session config entries the folder README lists (the graphs' `qpasses.ort` metadata).
 
 prints one JSON line: {"tokens": [new token ids], "tokens_per_s": decode speed, "transformers": version}.
 """
@@ -21,6 +23,8 @@ def main(folder: str, library: str, request: str) -> None:
     options = onnxruntime.SessionOptions()
     options.register_custom_ops_library(library)
     options.intra_op_num_threads = args.get("threads", 1)
+    for key, value in args.get("config", {}).items():
+        options.add_session_config_entry(key, value)
     model = ORTModelForCausalLM.from_pretrained(folder, session_options=options, provider="CPUExecutionProvider")
     prompt = torch.tensor([args["prompt"]], dtype=torch.int64)
     steps = args["steps"]
