@@ -23,6 +23,7 @@ def main(folder: str, library: str, request: str) -> None:
     options = onnxruntime.SessionOptions()
     options.register_custom_ops_library(library)
     options.intra_op_num_threads = args.get("threads", 1)
+    torch.set_num_threads(args.get("threads", 1))  # generate's own small torch ops: no thread pool to wake
     for key, value in args.get("config", {}).items():
         options.add_session_config_entry(key, value)
     model = ORTModelForCausalLM.from_pretrained(folder, session_options=options, provider="CPUExecutionProvider")
