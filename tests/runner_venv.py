@@ -10,6 +10,7 @@ a present folder is a complete venv. Independent of qpasses: plain standard libr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -65,3 +66,47 @@ def _base_python() -> str:
     at our venv's bin, which is fragile when that venv is rebuilt)."""
     base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     return str(base) if base.is_file() else sys.executable
+
+
+# optimum-onnx's ORTModelForCausalLM (tests/test_optimum.py, bench/runners.py) --------------------
+
+RUNNERS = Path(__file__).resolve().parent / "runners"
+
+
+def _ours(package: str) -> str:
+    """Our installed version of `package` without a local tag (torch 2.13.0+cpu -> 2.13.0: pip
+    takes the CPU wheel on this machine's disk for ==2.13.0)."""
+    import importlib.metadata
+
+    return importlib.metadata.version(package).split("+")[0]
+
+
+def optimum_requirements() -> list[str]:
+    """optimum-onnx with the transformers it accepts, and torch (transformers' generate needs it);
+    onnxruntime, onnx, torch and numpy as ours, so our library meets the onnxruntime it was built for."""
+    return ["optimum-onnx==0.1.0", "optimum==2.1.0", "transformers==4.57.6", "tokenizers==0.22.2",
+            "huggingface-hub==0.36.2", f"onnxruntime=={_ours('onnxruntime')}", f"onnx=={_ours('onnx')}",
+            f"torch=={_ours('torch')}", f"numpy=={_ours('numpy')}"]
+
+
+def run_runner(python: Path, script: str, *args: str, timeout: float = 900) -> dict:
+    """Run tests/runners/`script` with `python`; its last stdout line is JSON."""
+    done = subprocess.run([str(python), str(RUNNERS / script), *args], capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script} failed ({done.returncode}): {done.stderr.strip()[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_optimum(folder: Path, ids: list[int], new: int, threads: int = 1, library: Path | None = None,
+                config: dict | None = None) -> dict:
+    """optimum's greedy `generate` of up to `new` tokens after `ids` from the unmodified folder, in the
+    optimum venv: {"tokens", "tokens_per_s" (new tokens after the first, over the time after the
+    first), "transformers"}. `library`: default the folder's copy of libqpasses_ops.so; `config`:
+    session config entries (the folder README's). `VenvUnavailable` when pip cannot install optimum."""
+    folder = Path(folder)
+    if library is None and (folder / "libqpasses_ops.so").is_file():
+        library = folder / "libqpasses_ops.so"
+    python = runner_python("optimum-onnx", optimum_requirements())
+    request = {"prompt": list(ids), "steps": new, "threads": threads, "config": config or {}}
+    return run_runner(python, "optimum_generate.py", str(folder), str(library or ""), json.dumps(request))

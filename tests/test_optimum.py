@@ -6,34 +6,17 @@ config.json, generation_config.json and tokenizer. optimum-onnx pins transformer
 The user code is tests/runners/optimum_generate.py: it registers our library through
 SessionOptions.register_custom_ops_library and passes `session_options=` to from_pretrained."""
 
-import importlib.metadata
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from runner_venv import VenvUnavailable, runner_python
+from runner_venv import VenvUnavailable, optimum_requirements, run_optimum, run_runner, runner_python
 
-RUNNERS = Path(__file__).resolve().parent / "runners"
-RECIPES = ("int4-w4a16", "mxfp4-w4a16", "mxfp4-w4a4")
 PROMPT = "What is the capital of France?"
+RECIPES = ("int4-w4a16", "mxfp4-w4a16", "mxfp4-w4a4")
 STEPS = 32
-
-
-def _ours(package: str) -> str:
-    """Our installed version of `package` without a local tag (torch 2.13.0+cpu -> 2.13.0: pip takes
-    the CPU wheel on this machine's disk for ==2.13.0)."""
-    return importlib.metadata.version(package).split("+")[0]
-
-
-def optimum_requirements() -> list[str]:
-    """optimum-onnx with the transformers it accepts, and torch (transformers' generate needs it);
-    onnxruntime as ours, so our library meets the onnxruntime it was built for."""
-    return ["optimum-onnx==0.1.0", "optimum==2.1.0", "transformers==4.57.6", "tokenizers==0.22.2",
-            "huggingface-hub==0.36.2", f"onnxruntime=={_ours('onnxruntime')}", f"onnx=={_ours('onnx')}",
-            f"torch=={_ours('torch')}", f"numpy=={_ours('numpy')}"]
 
 
 @pytest.fixture(scope="session")
@@ -44,29 +27,23 @@ def optimum_python():
         pytest.skip(f"optimum-onnx cannot be installed here: {e}")
 
 
-def run_runner(python: Path, script: str, *args: str) -> dict:
-    """Run tests/runners/`script` in the venv; its last stdout line is JSON."""
-    done = subprocess.run([str(python), str(RUNNERS / script), *args], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stderr[-3000:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def decoder_greedy(folder: Path, prompt: list[int], steps: int, stop: set[int]) -> tuple[list[int], float]:
-    """Our Decoder on folder/model.onnx, greedy, ending after a stop token as generate does;
-    tokens per second over the whole call (prefill included, as the optimum runner measures)."""
+    """Our Decoder on folder/model.onnx, greedy, ending after a stop token as generate does; tokens/s
+    as the optimum runner counts them (new tokens after the first, over the time after the first)."""
     import qpasses.runtime
     from qpasses.evaluate.decoder import Decoder
 
     dec = Decoder(qpasses.runtime.session(folder / "model.onnx", threads=1))
     list(dec.stream(prompt, 2, stop=stop))  # warm-up, as the runner does
-    t = time.perf_counter()
-    tokens = list(dec.stream(prompt, steps, stop=stop))
-    return tokens, len(tokens) / (time.perf_counter() - t)
+    tokens, times = [], []
+    for token in dec.stream(prompt, steps, stop=stop):
+        tokens.append(token)
+        times.append(time.perf_counter())
+    return tokens, (len(tokens) - 1) / (times[-1] - times[0]) if len(tokens) > 1 else 0.0
 
 
-def assert_optimum_matches_decoder(python: Path, folder: Path, steps: int = STEPS) -> dict:
+def assert_optimum_matches_decoder(folder: Path, steps: int = STEPS) -> dict:
     """optimum's greedy tokens from the unmodified folder == our Decoder's; returns both speeds."""
-    import qpasses.runtime
     from qpasses.evaluate.decoder import Chat
     from qpasses.runtime.ort import ort_settings
 
@@ -74,10 +51,7 @@ def assert_optimum_matches_decoder(python: Path, folder: Path, steps: int = STEP
     prompt = Chat(folder).prompt_ids(PROMPT, chat=True)
     eos = json.loads((folder / "generation_config.json").read_text()).get("eos_token_id")
     stop = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    request = {"prompt": prompt, "steps": steps, "threads": 1,
-               "config": ort_settings(folder / "model.onnx").config}
-    got = run_runner(python, "optimum_generate.py", str(folder), str(qpasses.runtime.library_path()),
-                     json.dumps(request))
+    got = run_optimum(folder, prompt, steps, threads=1, config=ort_settings(folder / "model.onnx").config)
     want, tps = decoder_greedy(folder, prompt, steps, stop)
     assert got["tokens"] == want
     speeds = {"optimum_tokens_per_s": round(got["tokens_per_s"], 1), "decoder_tokens_per_s": round(tps, 1),
@@ -98,14 +72,14 @@ def compile_folder(out: Path, recipe: str, *model: str) -> Path:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_optimum_generates_our_tokens_on_tiny_llama(recipe, optimum_python, tmp_path):
     folder = compile_folder(tmp_path / recipe, recipe, "--model", "tiny-llama")
-    assert_optimum_matches_decoder(optimum_python, folder)
+    assert_optimum_matches_decoder(folder)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_optimum_generates_our_tokens_on_smollm2(recipe, optimum_python, tmp_path):
     folder = compile_folder(tmp_path / f"smollm2-{recipe}", recipe)  # the default model: SmolLM2-135M
-    assert_optimum_matches_decoder(optimum_python, folder)
+    assert_optimum_matches_decoder(folder)
 
 
 @pytest.mark.slow

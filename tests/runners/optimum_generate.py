@@ -3,14 +3,27 @@ user would write it; run in the optimum venv (tests/runner_venv.py), so it impor
 
     python optimum_generate.py FOLDER LIBRARY '{"prompt": [ids], "steps": N, "threads": T, "config": {...}}'
 
-`config`: the session config entries the folder README lists (the graphs' `qpasses.ort` metadata).
-
-prints one JSON line: {"tokens": [new token ids], "tokens_per_s": decode speed, "transformers": version}.
+LIBRARY: our custom-op library ("" for a folder without custom ops); `config`: the session config
+entries the folder README lists. Prints one JSON line: {"tokens": [new ids], "tokens_per_s": new
+tokens after the first over the time after the first (the prefill not timed), "transformers": version}.
 """
 
 import json
 import sys
 import time
+
+
+class Clock:
+    """A generate streamer that notes when each new token arrives (the first put is the prompt)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
 
 
 def main(folder: str, library: str, request: str) -> None:
@@ -20,23 +33,24 @@ def main(folder: str, library: str, request: str) -> None:
     from optimum.onnxruntime import ORTModelForCausalLM
 
     args = json.loads(request)
+    threads = args.get("threads", 1)
     options = onnxruntime.SessionOptions()
-    options.register_custom_ops_library(library)
-    options.intra_op_num_threads = args.get("threads", 1)
-    torch.set_num_threads(args.get("threads", 1))  # generate's own small torch ops: no thread pool to wake
+    if library:
+        options.register_custom_ops_library(library)
+    options.intra_op_num_threads = threads
     for key, value in args.get("config", {}).items():
         options.add_session_config_entry(key, value)
+    torch.set_num_threads(threads)  # generate's own small torch ops: no thread pool to wake
     model = ORTModelForCausalLM.from_pretrained(folder, session_options=options, provider="CPUExecutionProvider")
     prompt = torch.tensor([args["prompt"]], dtype=torch.int64)
-    steps = args["steps"]
-    greedy = {"do_sample": False, "num_beams": 1, "max_new_tokens": steps, "min_new_tokens": 0}
-    model.generate(prompt, attention_mask=torch.ones_like(prompt), **{**greedy, "max_new_tokens": 2})  # warm-up
-    t = time.perf_counter()
-    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), **greedy)
-    seconds = time.perf_counter() - t
+    greedy = {"attention_mask": torch.ones_like(prompt), "do_sample": False, "num_beams": 1}
+    model.generate(prompt, max_new_tokens=2, **greedy)  # warm-up
+    clock = Clock()
+    out = model.generate(prompt, max_new_tokens=args["steps"], streamer=clock, **greedy)
     tokens = out[0, prompt.shape[1]:].tolist()
-    print(json.dumps({"tokens": tokens, "tokens_per_s": len(tokens) / seconds,
-                      "transformers": transformers.__version__}))
+    first, last = clock.times[1], clock.times[-1]  # times[0]: the prompt, put before any step
+    speed = (len(tokens) - 1) / (last - first) if len(tokens) > 1 else 0.0
+    print(json.dumps({"tokens": tokens, "tokens_per_s": speed, "transformers": transformers.__version__}))
 
 
 if __name__ == "__main__":
