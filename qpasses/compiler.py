@@ -275,18 +275,22 @@ def manifest(recipe, results, loaded, metadata: dict[str, str], notes: Notes, ru
 
 
 def model_configs(model) -> dict:
-    """The model's Hugging Face config and generation config as dicts ({"config", "generation"})."""
+    """The model's Hugging Face config and generation config as dicts, and its class name
+    ({"config", "generation", "architecture"})."""
     generation = getattr(model, "generation_config", None)
-    return {"config": model.config.to_dict(), "generation": generation.to_dict() if generation is not None else None}
+    return {"config": model.config.to_dict(), "generation": generation.to_dict() if generation is not None else None,
+            "architecture": type(model).__name__}
 
 
 def save(final, folder: Path, loaded, recipe, metadata: dict[str, str], max_context: dict | None = None,
          runtime_copy: bool = True, configs: dict | None = None) -> dict:
     """Write the folder's files but the report and manifest; returns the manifest's `runtime` record.
-    `configs` (`model_configs`; None for an ONNX input) give the runners' files: genai_config.json."""
+    `configs` (`model_configs`; None for an ONNX input) give the runners' files: genai_config.json,
+    config.json and generation_config.json."""
     from qpasses.export.deploy import deployed_graph, write_deployment
     from qpasses.export.folder_readme import folder_readme
     from qpasses.export.genai_config import served_context, write_genai_config
+    from qpasses.export.hf_files import write_hf_files
     from qpasses.export.onnx_export import OnnxModels
     from qpasses.export.runtime_copy import copy_runtime
     from qpasses.ir.cleanup import finalize
@@ -298,6 +302,7 @@ def save(final, folder: Path, loaded, recipe, metadata: dict[str, str], max_cont
     metadata[ORT_MIN_KEY] = json.dumps(record(*minimum_onnxruntime(graph)))
     write_deployment(models, folder, loaded.tokenizer, metadata)
     runtime = copy_runtime(graph, folder, runtime_copy)
+    write_hf_files(folder, configs)
     if configs and models.decoder is not None:
         write_genai_config(folder, graph, configs["config"], configs["generation"],
                            served_context(max_context, configs["config"]), runtime.get("library"))

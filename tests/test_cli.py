@@ -38,7 +38,7 @@ def report(out):
 def test_run_writes_the_deployment_and_a_complete_report(int4_run):
     names = {p.name for p in int4_run.iterdir()}
     assert {"model.onnx", "model.onnx.data", "libqpasses_ops.so", "report.json", "report.md", "tokenizer.json",
-            "README.md"} <= names and "decoder_model.onnx" not in names
+            "README.md", "config.json", "generation_config.json"} <= names and "decoder_model.onnx" not in names
     assert json.loads((int4_run / "manifest.json").read_text())["runtime"]["in_folder"] is True
     assert "register_custom_ops_library" in (int4_run / "README.md").read_text()  # it uses our ops
     r = report(int4_run)

@@ -22,6 +22,14 @@ GENAI = ["onnxruntime-genai (reads genai_config.json; loads the library from thi
          "generator = og.Generator(model, params); generator.append_tokens(tokenizer.encode(\"Hello\"))",
          "while not generator.is_done(): generator.generate_next_token()",
          "print(tokenizer.decode(generator.get_sequence(0)))", "```", ""]
+OPTIMUM = ["Hugging Face optimum (optimum-onnx; reads config.json and generation_config.json; `so` as above):", "",
+           "```python", "from optimum.onnxruntime import ORTModelForCausalLM",
+           "from transformers import AutoTokenizer",
+           "model = ORTModelForCausalLM.from_pretrained(\"FOLDER\", session_options=so)",
+           "tokenizer = AutoTokenizer.from_pretrained(\"FOLDER\")",
+           "ids = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"Hello\"}], "
+           "add_generation_prompt=True, return_tensors=\"pt\")",
+           "print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0]))", "```", ""]
 LOGITS_GRAPH = "| model.onnx | logits graph: input_ids, attention_mask [batch, seq] -> logits [batch, seq, vocab] |"
 
 
@@ -55,6 +63,8 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
         f"{runtime.get('platform', 'this platform')} (other platforms: compile with a stock-op lowering target) |",
         "| genai_config.json | onnxruntime-genai's configuration: I/O names, KV shapes, library, search defaults |",
         "| tokenizer.json, tokenizer_config.json, chat_template.jinja | tokenizer and chat template |",
+        "| config.json, generation_config.json | Hugging Face model and generation settings (transformers 4.x and "
+        "5.x; what optimum's ORTModelForCausalLM reads) |",
         "| report.md, report.json, manifest.json | accuracy, size, speed; the recipe as run and tool versions |",
         "",
         "## Run it",
@@ -99,6 +109,8 @@ def folder_readme(model: str, recipe, version: str, ort: dict, domains: set[str]
     lines += ["sess = ort.InferenceSession(\"FOLDER/model.onnx\", so, providers=[\"CPUExecutionProvider\"])", "```", ""]
     if files is None or "genai_config.json" in files:
         lines += GENAI
+    if step_graph and (files is None or "config.json" in files):
+        lines += OPTIMUM
     lines += [*minimum_lines(ort_min), "C/C++ (onnxruntime C++ API; a whole greedy generator: qpasses' examples/cpp):",
               "", "```cpp", "Ort::Env env;",
               "Ort::SessionOptions so;"]

@@ -7,8 +7,8 @@ from qpasses.export.folder_readme import LOGITS_GRAPH, NO_DECODER, STEP_GRAPH, f
 
 RECIPE = SimpleNamespace(name="int4-w4a16-rtn", description="INT4 weights")
 LAYOUT = {"model.onnx", "model.onnx.data", "libqpasses_ops.so", "genai_config.json", "tokenizer.json",
-          "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "report.md", "report.json",
-          "manifest.json"}
+          "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "config.json",
+          "generation_config.json", "report.md", "report.json", "manifest.json"}
 RUNTIME = {"library": "libqpasses_ops.so", "platform": "linux-x86_64-glibc2.36", "in_folder": True}
 
 
@@ -22,6 +22,8 @@ def test_a_model_input_folder_lists_its_whole_layout():
     assert STEP_GRAPH in text and NO_DECODER not in text
     assert "built for linux-x86_64-glibc2.36" in text and "(it is in this folder)" in text
     assert 'register_custom_ops_library("FOLDER/libqpasses_ops.so")' in text
+    assert "ORTModelForCausalLM.from_pretrained(\"FOLDER\", session_options=so)" in text
+    assert "ORTModelForCausalLM" not in readme(LAYOUT - {"config.json"}, runtime=RUNTIME).split("| report.md")[1]
 
 
 def test_files_the_folder_lacks_are_not_listed():
