@@ -1,6 +1,7 @@
 """The CLI end to end on tiny-llama: every built-in recipe, the ONNX-input path, eval, bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import onnx
@@ -345,3 +346,15 @@ def test_doctor_checks_a_folder_against_its_graphs_need(tmp_path, capsys):
 def test_doctor_takes_a_folder_argument(tmp_path, capsys):
     assert main(["doctor", str(_doctor_folder(tmp_path, need="99.0"))]) == 1
     assert "what to do: pip install 'onnxruntime>=99.0'" in capsys.readouterr().out
+
+
+def test_doctor_names_the_library_a_folder_lacks(int4_run, tmp_path, capsys):
+    from qpasses.cli.doctor import Report, check_folder_library
+
+    rep = Report()
+    assert check_folder_library(rep, int4_run)
+    copy = shutil.copytree(int4_run, tmp_path / "copy", ignore=shutil.ignore_patterns("libqpasses_ops.so"))
+    assert not check_folder_library(rep, copy)
+    out = capsys.readouterr().out
+    assert f"[FAIL] library of {copy}: model.onnx uses the qpasses ops but {copy / 'libqpasses_ops.so'} does not " \
+           "exist" in out and "what to do: copy it there" in out

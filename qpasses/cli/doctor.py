@@ -99,6 +99,27 @@ def check_folder(rep: Report, target: Path) -> bool:
                     f"pip install 'onnxruntime>={need}'")
 
 
+def check_folder_library(rep: Report, target: Path) -> bool:
+    """A folder whose graphs use our ops holds its copy of the library (runners load it from there)."""
+    import onnx
+
+    from qpasses.domain import DOMAIN
+    from qpasses.runtime import LIBRARY_NAME
+
+    if not target.is_dir():
+        return True
+    users = [p.name for p in graph_files(target)
+             if DOMAIN in {o.domain for o in onnx.load(str(p), load_external_data=False).opset_import}]
+    if not users:
+        return True
+    present = (target / LIBRARY_NAME).is_file()
+    return rep.line(present, f"library of {target}",
+                    f"{LIBRARY_NAME} is in the folder (the runners load it from there)" if present else
+                    f"{', '.join(users)} uses the {DOMAIN} ops but {target / LIBRARY_NAME} does not exist",
+                    f"copy it there: cp \"$(python -c 'import qpasses.runtime as r; print(r.library_path())')\" "
+                    f"{target}/ (or compile again without --no-runtime-copy)")
+
+
 def check_library(rep: Report) -> bool:
     from qpasses.errors import InputError
     from qpasses.runtime import library_path
@@ -170,7 +191,8 @@ def run(args) -> int:
     rep = Report()
     folder = getattr(args, "folder", None)
     if folder is not None:
-        check_folder(rep, folder)
+        if check_folder(rep, folder):
+            check_folder_library(rep, folder)
     if check_versions(rep) and check_library(rep):
         check_kernels(rep)
     print("all checks passed" if not rep.failed else f"{rep.failed} check(s) failed", file=sys.stderr)
