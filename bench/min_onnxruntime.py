@@ -3,9 +3,8 @@ step on the version it computes, and fail on the release before it.
 
     .venv/bin/python bench/min_onnxruntime.py FOLDER... [--versions 1.17.3 1.18.1 ...] [--cache DIR]
 
-A FOLDER is a `qpasses run` output (its KV-cache graph: model.onnx in the new layout, else
-decoder_model.onnx; the folder's libqpasses_ops.so, else the installed one, is registered when the
-graph imports the qpasses domain). Every version gets its own virtualenv under --cache (default
+A FOLDER is a `qpasses run` output (its KV-cache graph model.onnx; the folder's libqpasses_ops.so,
+else the installed one, is registered when the graph imports the qpasses domain). Every version gets its own virtualenv under --cache (default
 /tmp/minort; made once with `pip install onnxruntime==V numpy<2`). One step: input_ids of 5 tokens,
 an empty past, the logits compared with this venv's onnxruntime. Prints one table row per folder:
 the computed minimum and why, then per version ok / FAIL (first line of the error).
@@ -74,11 +73,10 @@ def venv_python(cache: Path, version: str) -> Path:
 
 
 def graph_of(folder: Path) -> Path:
-    """The KV-cache step graph: decoder_model.onnx in the old layout, model.onnx in the new one."""
-    for name in ("decoder_model.onnx", "model.onnx"):
-        if (folder / name).is_file():
-            return folder / name
-    raise SystemExit(f"{folder} holds no model.onnx")
+    """The KV-cache step graph, model.onnx."""
+    if not (folder / "model.onnx").is_file():
+        raise SystemExit(f"{folder} holds no model.onnx")
+    return folder / "model.onnx"
 
 
 def step(python: Path, graph: Path, lib: str, ref: Path) -> str:
