@@ -7,7 +7,8 @@ A FOLDER is a `qpasses run` output (its KV-cache graph model.onnx; the folder's 
 else the installed one, is registered when the graph imports the qpasses domain). Every version gets
 its own virtualenv under --cache (default /tmp/minort; made once with `pip install onnxruntime==V
 numpy<2`). One step: input_ids of 5 tokens, an empty past, the logits compared with this venv's
-onnxruntime. Prints one table row per folder: the computed minimum and why, then per version ok / FAIL (first line of the error).
+onnxruntime. Prints one table row per folder: the computed minimum and why, then per version ok /
+FAIL (first line of the error).
 """
 
 from __future__ import annotations
