@@ -36,7 +36,7 @@ import onnx_ir as ir
 
 from qpasses.domain import DOMAIN, MS_DOMAIN
 from qpasses.errors import InputError
-from qpasses.runtime.ort import DEFAULT_OPTIMIZATION, METADATA_KEY
+from qpasses.runtime.ort import DEFAULT_OPTIMIZATION, METADATA_KEY, parse_settings
 
 FILE = "genai_config.json"
 # Hugging Face model_type -> genai model.type, for the families genai runs with its plain decoder loop
@@ -196,19 +196,9 @@ def _session_options(model: ir.Model, library: str | None) -> dict:
             raise InputError(f"the graph uses the {DOMAIN} domain: pass the file name of the op library in the "
                              f"folder (genai loads it relative to the folder), got {library!r}")
         options["custom_ops_library"] = library
-    raw = model.metadata_props.get(METADATA_KEY) or "{}"
-    try:
-        ort = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputError(f"metadata {METADATA_KEY} is not JSON: {e}") from None
-    if not isinstance(ort, dict):
-        raise InputError(f"metadata {METADATA_KEY} must be a JSON object, got {raw!r}")
+    ort = parse_settings(model.metadata_props.get(METADATA_KEY), f"metadata {METADATA_KEY}")
     level = ort.get("optimization") or DEFAULT_OPTIMIZATION
-    if level not in OPT_LEVELS:
-        raise InputError(f"metadata {METADATA_KEY}: unknown optimization level {level!r}; "
-                         f"use one of {sorted(OPT_LEVELS)}")
     options["graph_optimization_level"] = OPT_LEVELS[level]
-    for key, value in (ort.get("config") or {}).items():
-        options[key] = str(value)
+    options.update(ort.get("config", {}))
     options["provider_options"] = []
     return options

@@ -206,9 +206,13 @@ def check_external_data(proto, path: Path) -> set[str]:
 def _metadata_settings(proto, path: Path) -> dict:
     """The validated `qpasses.ort` metadata entry of a model, or {} when it has none."""
     raw = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
+    return parse_settings(raw, f"metadata {METADATA_KEY} of {path}")
+
+
+def parse_settings(raw: str | None, where: str) -> dict:
+    """The validated settings of a `qpasses.ort` metadata value ({"optimization", "config"}; {} for None)."""
     if raw is None:
         return {}
-    where = f"metadata {METADATA_KEY} of {path}"
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -225,7 +229,8 @@ def _metadata_settings(proto, path: Path) -> dict:
 
 def _check_level(level, where: str) -> str:
     if level not in ORT_OPT_LEVELS:
-        raise InputError(f"{where}: unknown ORT optimization level {level!r}; use one of {sorted(ORT_OPT_LEVELS)}")
+        raise InputError(f"{where}: unknown optimization level {level!r} for onnxruntime; "
+                         f"use one of {sorted(ORT_OPT_LEVELS)}")
     return level
 
 
